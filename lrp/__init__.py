@@ -1,0 +1,17 @@
+"""lrp: Layer-wise Relevance Propagation for PyTorch.
+
+Rules attach to an existing model as forward hooks and implement LRP through
+ordinary autograd (see :mod:`lrp.core`).  The main entry point is :func:`explain`::
+
+    from lrp import explain
+    from lrp.composites import EpsilonGammaBox
+    from lrp.canonizers import MergeBatchNorm
+
+    composite = EpsilonGammaBox(low=-3.0, high=3.0, canonizers=[MergeBatchNorm()])
+    explanation = explain(model, x, composite)
+    explanation.relevance  # input-shaped
+"""
+from .explain import Explanation, explain
+
+__version__ = "0.1.0"
+__all__ = ["explain", "Explanation", "__version__"]

@@ -1,0 +1,183 @@
+"""Coverage audit: find non-linear operations of a forward that no rule covers.
+
+The ratio engine handles every linear operation (and ReLU, max-pooling) through the
+ordinary gradient.  Any other non-linear operation (``torch.sigmoid`` called in a
+``forward``, softmax, a product of two activations, a division by an activation,
+normalisation by a computed statistic) would silently fall back to its gradient.
+:class:`Auditor` stamps every autograd node with the module whose forward created it
+and, after the forward, walks the graph to report the uncovered nodes.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Set
+
+from torch import Tensor, nn
+
+from .core import RuleCall, graph_nodes
+
+_LINEAR = {
+    "Add", "Sub", "Neg", "View", "UnsafeView", "ReshapeAlias", "Reshape", "Permute",
+    "Transpose", "T", "Cat", "Stack", "Split", "SplitWithSizes", "Unbind", "Index",
+    "Select", "Slice", "Expand", "Squeeze", "Unsqueeze", "Sum", "Mean", "Convolution",
+    "AvgPool1D", "AvgPool2D", "AvgPool3D", "AdaptiveAvgPool1D", "AdaptiveAvgPool2D",
+    "AdaptiveAvgPool3D", "MaxPool2DWithIndices", "MaxPool3DWithIndices", "MaxPool1D",
+    "MaxPool2D", "AdaptiveMaxPool1D", "AdaptiveMaxPool2D", "AdaptiveMaxPool3D", "Relu",
+    "Threshold", "LeakyRelu", "Clone", "AccumulateGrad", "NativeBatchNorm",
+    "CudnnBatchNorm", "MkldnnBatchNorm", "ConstantPadNd", "ReflectionPad1D",
+    "ReflectionPad2D", "ReplicationPad1D", "ReplicationPad2D", "UpsampleNearest1D",
+    "UpsampleNearest2D", "UpsampleNearest3D", "UpsampleBilinear2D", "UpsampleLinear1D",
+    "ToCopy", "CopySlices", "AsStrided", "Roll", "Flip", "Repeat", "Gather",
+    "NativeDropout", "Alias", "Diagonal", "Narrow", "Unfold", "Im2Col", "Col2Im",
+    "PixelShuffle", "PixelUnshuffle", "Tril", "Triu", "Embedding", "Squeeze",
+    "Cumsum", "IndexSelect", "MaskedFill", "Where", "Hardtanh",
+}
+# Bilinear in their arguments: linear when at most one argument carries activations.
+_BILINEAR = {"Mul", "Div", "Mm", "Bmm", "Addmm", "Addmv", "Mv", "Matmul", "Dot",
+             "Addcmul", "Addcdiv", "Einsum", "Linear", "BaddBmm", "Addbmm"}
+# Nodes created by this library's own rules.
+_OWN = {"_RuleGradient", "_RelevanceBridge", "_GuidedGradient"}
+
+_SUFFIX = re.compile(r"(Backward)?\d*$")
+
+
+def op_name(node) -> str:
+    """``'ConvolutionBackward0' -> 'Convolution'``."""
+    return _SUFFIX.sub("", node.name())
+
+
+@dataclass
+class Finding:
+    """An uncovered operation: its op name and the module whose forward ran it."""
+
+    op: str
+    module: str
+
+    def __str__(self) -> str:
+        where = self.module if self.module else "<model forward>"
+        return f"{self.op} in {where}"
+
+
+@dataclass
+class AuditReport:
+    """What a coverage audit found.
+
+    Attributes
+    ----------
+    uncovered
+        Non-linear operations no rule covers.
+    never_fired
+        Modules that have a rule but were not called in the forward.
+    """
+
+    uncovered: List[Finding] = field(default_factory=list)
+    never_fired: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.uncovered and not self.never_fired
+
+    def __str__(self) -> str:
+        if self.ok:
+            return "coverage audit: every non-linear operation is covered by a rule"
+        lines = []
+        if self.uncovered:
+            lines.append("non-linear operations without a rule (they use the plain gradient):")
+            lines += [f"  - {f}" for f in self.uncovered]
+        if self.never_fired:
+            lines.append("modules with a rule that never ran: " + ", ".join(self.never_fired))
+        return "\n".join(lines)
+
+
+class CoverageError(RuntimeError):
+    """Raised by a strict audit when an operation is not covered by any rule."""
+
+
+class Auditor:
+    """Stamps autograd nodes with the module that created them (while attached).
+
+    Use :meth:`attach` before the forward, :meth:`report` after it, and
+    :meth:`remove` in a ``finally``.
+    """
+
+    KEY = "lrp_module"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._hooks: list = []
+        self._parameters: Set[int] = {id(p) for p in model.parameters()}
+        self._carrier_cache: Dict[object, bool] = {}
+
+    def attach(self) -> "Auditor":
+        for name, module in self.model.named_modules():
+            self._hooks.append(module.register_forward_hook(self._stamper(name)))
+        return self
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    def _stamper(self, name: str):
+        def hook(module, args, output):
+            if not isinstance(output, Tensor) or output.grad_fn is None:
+                return None
+            boundary = {a.grad_fn for a in args if isinstance(a, Tensor) and a.grad_fn is not None}
+            for node in graph_nodes(output.grad_fn, boundary.__contains__):
+                node.metadata.setdefault(self.KEY, name)
+            return None
+        return hook
+
+    def _carries_activation(self, node) -> bool:
+        """Whether ``node`` depends on something other than parameters (memoized)."""
+        if node is None:
+            return False
+        known = self._carrier_cache.get(node)
+        if known is None:
+            known = any(n.name() == "torch::autograd::AccumulateGrad"
+                        and id(n.variable) not in self._parameters
+                        for n in graph_nodes(node, lambda n: False))
+            self._carrier_cache[node] = known
+        return known
+
+    def _uncovered(self, node) -> bool:
+        op = op_name(node)
+        if op in _OWN or op in _LINEAR or "AccumulateGrad" in node.name():
+            return False
+        if op in _BILINEAR:
+            carriers = [n for n, _ in node.next_functions if self._carries_activation(n)]
+            if op == "Div":
+                return len(node.next_functions) > 1 and self._carries_activation(
+                    node.next_functions[1][0])
+            return len(carriers) > 1
+        return True
+
+    def report(self, output: Tensor, calls: Iterable[RuleCall],
+               ruled: Iterable[str] = ()) -> AuditReport:
+        """Audit the graph of ``output`` given the ruled calls of its forward."""
+        covered: Set[object] = set()
+        calls = list(calls)
+        for call in calls:
+            boundary = set(call.input_nodes)
+            covered.update(graph_nodes(call.output_node, boundary.__contains__))
+        findings: Dict[tuple, Finding] = {}
+        if output.grad_fn is not None:
+            for node in graph_nodes(output.grad_fn, lambda n: False):
+                if node in covered or not self._uncovered(node):
+                    continue
+                finding = Finding(op_name(node), node.metadata.get(self.KEY, ""))
+                findings.setdefault((finding.op, finding.module), finding)
+        fired = {c.name for c in calls}
+        never = sorted(set(ruled) - fired)
+        return AuditReport(list(findings.values()), never)
+
+
+def handle_report(report: AuditReport, mode: str) -> None:
+    """Warn (``mode='warn'``) or raise :class:`CoverageError` (``'strict'``)."""
+    if report.ok or mode == "off":
+        return
+    if mode == "strict" and report.uncovered:
+        raise CoverageError(str(report))
+    warnings.warn(str(report), stacklevel=3)

@@ -1,0 +1,462 @@
+"""Composites: which rule each layer of a model receives.
+
+A :class:`Composite` is a list of primitives applied in order; a later primitive
+overrides what an earlier one assigned to the same module.  Positions ("first",
+"last", ranges, indices) refer to the model's *execution order*: the order in which
+leaf modules are first called in a forward pass, not the order they were registered.
+
+Primitives mapping one rule: :class:`LayerMap` (by index or name),
+:class:`GlobalMap`, :class:`RangeMap`, :class:`FirstLayerMap`,
+:class:`LastLayerMap`.  Primitives mapping layer types to rules:
+:class:`GlobalTypeMap`, :class:`RangeTypeMap`, :class:`FirstLayerTypeMap`,
+:class:`LastLayerTypeMap`, :class:`FirstNTypeMap`.  Presets: :func:`EpsilonGammaBox`,
+:func:`EpsilonPlus`, :func:`EpsilonAlpha2Beta1`, :func:`EpsilonPlusFlat`,
+:func:`EpsilonAlpha2Beta1Flat`, :func:`ExcitationBackprop`, :func:`GuidedBackprop`.
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass
+from typing import (Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple, Type, Union)
+
+import torch
+from torch import nn
+
+from . import rules as R
+from .attach import attach_rules, execution_order
+from .canonizers import Canonizer, apply_canonizers
+
+TypeSpec = Union[Type[nn.Module], Tuple[Type[nn.Module], ...]]
+TypeRules = Union[Mapping[TypeSpec, R.Rule], Sequence[Tuple[TypeSpec, R.Rule]]]
+
+#: Layer groups usable as keys of type maps.
+Convolution = (nn.Conv1d, nn.Conv2d, nn.Conv3d,
+               nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+Dense = (nn.Linear,)
+Linear = Convolution + Dense
+AvgPooling = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+              nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+BatchNorm = (nn.modules.batchnorm._BatchNorm,)
+#: Element-wise activations other than ReLU; they get the identity rule (Pass).
+Activation = (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softplus, nn.ELU, nn.LeakyReLU,
+              nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.CELU, nn.SELU)
+Dropout = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+@dataclass
+class ModelLayers:
+    """A model's modules by name and its leaf modules in execution order."""
+
+    modules: Dict[str, nn.Module]
+    order: List[str]
+
+
+def _type_rules(mapping: TypeRules) -> List[Tuple[TypeSpec, R.Rule]]:
+    items = list(mapping.items()) if isinstance(mapping, Mapping) else list(mapping)
+    for types, rule in items:
+        if not isinstance(rule, R.Rule):
+            raise TypeError(f"type map values must be rules, got {rule!r}")
+        for t in (types if isinstance(types, tuple) else (types,)):
+            if not (isinstance(t, type) and issubclass(t, nn.Module)):
+                raise TypeError(f"type map keys must be module classes, got {t!r}")
+    return items
+
+
+def _match(module: nn.Module, items: List[Tuple[TypeSpec, R.Rule]]) -> Optional[R.Rule]:
+    for types, rule in items:
+        if isinstance(module, types):
+            return rule
+    return None
+
+
+class Primitive:
+    """A step of a composite: assigns rules to some modules of a model."""
+
+    def assign(self, layers: ModelLayers, mapping: Dict[str, R.Rule]) -> None:
+        """Write ``module name -> rule`` entries into ``mapping`` (overriding)."""
+        raise NotImplementedError
+
+    @property
+    def positional(self) -> bool:
+        """Whether the primitive needs the execution order."""
+        return True
+
+
+class _RuleMap(Primitive):
+    """Assigns one rule to positions of the execution order the rule supports."""
+
+    def __init__(self, rule: R.Rule):
+        if not isinstance(rule, R.Rule):
+            raise TypeError(f"expected a rule, got {rule!r}")
+        self.rule = rule
+
+    def names(self, layers: ModelLayers) -> List[str]:
+        raise NotImplementedError
+
+    def assign(self, layers, mapping):
+        for name in self.names(layers):
+            mapping[name] = self.rule
+
+
+class LayerMap(_RuleMap):
+    """Map ``rule`` to the layers at ``index``: an execution position (int, negative
+    counts from the end), a module name (str), or a list of those."""
+
+    def __init__(self, index: Union[int, str, Sequence[Union[int, str]]], rule: R.Rule):
+        super().__init__(rule)
+        self.index = [index] if isinstance(index, (int, str)) else list(index)
+
+    def names(self, layers):
+        out = []
+        for i in self.index:
+            if isinstance(i, str):
+                if i not in layers.modules:
+                    raise ValueError(f"LayerMap: the model has no module named {i!r}")
+                out.append(i)
+            else:
+                if not -len(layers.order) <= i < len(layers.order):
+                    raise ValueError(f"LayerMap: index {i} out of range for "
+                                     f"{len(layers.order)} executed layers")
+                out.append(layers.order[i])
+        return out
+
+    @property
+    def positional(self):
+        return any(isinstance(i, int) for i in self.index)
+
+
+class GlobalMap(_RuleMap):
+    """Map ``rule`` to every module it supports."""
+
+    def names(self, layers):
+        return [n for n, m in layers.modules.items()
+                if not list(m.children()) and self.rule.supports(m)]
+
+    @property
+    def positional(self):
+        return False
+
+
+class RangeMap(_RuleMap):
+    """Map ``rule`` to execution positions ``start <= i < stop`` it supports."""
+
+    def __init__(self, start: int, stop: int, rule: R.Rule):
+        super().__init__(rule)
+        self.start, self.stop = start, stop
+
+    def names(self, layers):
+        return [n for n in layers.order[self.start:self.stop]
+                if self.rule.supports(layers.modules[n])]
+
+
+class FirstLayerMap(_RuleMap):
+    """Map ``rule`` to the first executed layer it supports."""
+
+    def names(self, layers):
+        found = [n for n in layers.order if self.rule.supports(layers.modules[n])]
+        return found[:1]
+
+
+class LastLayerMap(_RuleMap):
+    """Map ``rule`` to the last executed layer it supports."""
+
+    def names(self, layers):
+        found = [n for n in layers.order if self.rule.supports(layers.modules[n])]
+        return found[-1:]
+
+
+class _TypeMap(Primitive):
+    def __init__(self, mapping: TypeRules):
+        self.items = _type_rules(mapping)
+
+    def candidates(self, layers: ModelLayers) -> List[str]:
+        raise NotImplementedError
+
+    def assign(self, layers, mapping):
+        for name in self.candidates(layers):
+            rule = _match(layers.modules[name], self.items)
+            if rule is not None:
+                mapping[name] = rule
+
+    def _matching_order(self, layers):
+        return [n for n in layers.order if _match(layers.modules[n], self.items) is not None]
+
+
+class GlobalTypeMap(_TypeMap):
+    """Map layer types to rules everywhere in the model (first matching entry wins)."""
+
+    def candidates(self, layers):
+        return list(layers.modules)
+
+    @property
+    def positional(self):
+        return False
+
+
+class RangeTypeMap(_TypeMap):
+    """A type map restricted to execution positions ``start <= i < stop``."""
+
+    def __init__(self, start: int, stop: int, mapping: TypeRules):
+        super().__init__(mapping)
+        self.start, self.stop = start, stop
+
+    def candidates(self, layers):
+        return layers.order[self.start:self.stop]
+
+
+class FirstNTypeMap(RangeTypeMap):
+    """A type map restricted to the first ``n`` executed layers."""
+
+    def __init__(self, n: int, mapping: TypeRules):
+        super().__init__(0, n, mapping)
+
+
+class FirstLayerTypeMap(_TypeMap):
+    """A type map applied to the first executed layer whose type is in the map."""
+
+    def candidates(self, layers):
+        return self._matching_order(layers)[:1]
+
+
+class LastLayerTypeMap(_TypeMap):
+    """A type map applied to the last executed layer whose type is in the map."""
+
+    def candidates(self, layers):
+        return self._matching_order(layers)[-1:]
+
+
+class Composite:
+    """Rules for a whole model: primitives applied in order, later ones override.
+
+    Parameters
+    ----------
+    *primitives
+        The primitives, applied in the given order.
+    canonizers
+        Canonizers applied (in order) before the rules are attached and removed
+        (in reverse order) afterwards, e.g. ``[MergeBatchNorm()]``.
+    attribution
+        ``"relevance"`` (default: the explanation is ``x * grad``, the LRP relevance)
+        or ``"gradient"`` (the modified gradient itself, e.g. guided backprop).
+    name
+        Shown by ``repr`` and in printed rule trees.
+    """
+
+    def __init__(self, *primitives: Primitive, canonizers: Optional[Sequence[Canonizer]] = None,
+                 attribution: str = "relevance", name: Optional[str] = None):
+        for p in primitives:
+            if not isinstance(p, Primitive):
+                raise TypeError(f"expected composite primitives, got {p!r}")
+        if attribution not in ("relevance", "gradient"):
+            raise ValueError("attribution must be 'relevance' or 'gradient'")
+        self.primitives = list(primitives)
+        self.canonizers = list(canonizers or [])
+        self.attribution = attribution
+        self.name = name or type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"{self.name}({len(self.primitives)} primitives, canonizers={self.canonizers})"
+
+    @property
+    def positional(self) -> bool:
+        """Whether any primitive needs the execution order of the model."""
+        return any(p.positional for p in self.primitives)
+
+    def resolve(self, model: nn.Module, order: Optional[Sequence[str]] = None) -> Dict[str, R.Rule]:
+        """The rule of every module that receives one, by module name.
+
+        Parameters
+        ----------
+        model
+            The (canonized) model.
+        order
+            Leaf modules in execution order (see :func:`lrp.attach.execution_order`);
+            needed when the composite has positional primitives.
+        """
+        if order is None:
+            if self.positional:
+                raise ValueError(f"{self.name} maps layers by execution position; "
+                                 "pass the execution order (or an example input)")
+            order = []
+        layers = ModelLayers(dict(model.named_modules()), list(order))
+        mapping: Dict[str, R.Rule] = {}
+        for primitive in self.primitives:
+            primitive.assign(layers, mapping)
+        for name, rule in mapping.items():
+            module = layers.modules[name]
+            if not rule.supports(module):
+                raise ValueError(f"{self.name}: rule {rule!r} cannot be applied to "
+                                 f"{type(module).__name__} {name!r}")
+        return mapping
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module, example_input=None) -> Iterator["Attachment"]:
+        """Attach the canonizers and rules to ``model`` for the ``with`` block.
+
+        Everything is removed on exit, also when the block raises: parameters,
+        buffers, ``state_dict()`` and ``requires_grad`` flags are as before.
+
+        Parameters
+        ----------
+        model
+            The model to explain (in eval mode).
+        example_input
+            An input (tensor or tuple of tensors) used to find the execution order
+            when the composite has positional primitives.  Without it the order is
+            taken on the first forward inside the block.
+        """
+        with apply_canonizers(model, self.canonizers):
+            attachment = Attachment(self, model)
+            try:
+                if example_input is not None or not self.positional:
+                    attachment.resolve(example_input)
+                else:
+                    attachment.resolve_on_first_call()
+                yield attachment
+            finally:
+                attachment.remove()
+
+    def tree(self, model: nn.Module, example_input=None) -> str:
+        """The model's module tree with the rule each module receives.
+
+        With canonizers, the tree shows the canonized model.
+        """
+        with self.attached(model, example_input) as attachment:
+            if attachment.mapping is None:
+                attachment.resolve(None, allow_registration_order=True)
+            return _tree(model, attachment.mapping or {})
+
+
+def _tree(model: nn.Module, mapping: Mapping[str, R.Rule]) -> str:
+    lines = [type(model).__name__ + (f"  -> {mapping['']!r}" if "" in mapping else "")]
+
+    def walk(module: nn.Module, prefix: str, indent: str) -> None:
+        children = list(module.named_children())
+        for i, (name, child) in enumerate(children):
+            last = i == len(children) - 1
+            full = f"{prefix}{name}"
+            rule = mapping.get(full)
+            desc = type(child).__name__ if list(child.children()) else repr(child)
+            lines.append(f"{indent}{'└─ ' if last else '├─ '}{name}: {desc}"
+                         + (f"  -> {rule!r}" if rule is not None else ""))
+            walk(child, full + ".", indent + ("   " if last else "│  "))
+
+    walk(model, "", "")
+    return "\n".join(lines)
+
+
+class Attachment:
+    """Rules of a composite attached to one model (created by :meth:`Composite.attached`)."""
+
+    def __init__(self, composite: Composite, model: nn.Module):
+        self.composite = composite
+        self.model = model
+        self.mapping: Optional[Dict[str, R.Rule]] = None
+        self.order: Optional[List[str]] = None
+        self._handles: list = []
+
+    def resolve(self, example_input, allow_registration_order: bool = False) -> None:
+        """Find the execution order (if needed), resolve and attach the rules."""
+        order = None
+        if self.composite.positional:
+            if example_input is None:
+                if not allow_registration_order:
+                    raise ValueError("an example input is needed to find the execution order")
+                order = [n for n, m in self.model.named_modules() if not list(m.children())]
+            else:
+                order = execution_order(self.model, example_input)
+        self.order = order
+        self.mapping = self.composite.resolve(self.model, order)
+        self._handles.append(attach_rules(self.model, self.mapping))
+
+    def resolve_on_first_call(self) -> None:
+        """Defer :meth:`resolve` to the model's first forward inside the block."""
+        def pre_hook(module, args, kwargs):
+            handle.remove()
+            self.resolve(args if len(args) != 1 else args[0])
+        handle = self.model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        self._handles.append(handle)
+
+    def remove(self) -> None:
+        """Detach every hook (idempotent)."""
+        for handle in reversed(self._handles):
+            handle.remove()
+        self._handles.clear()
+
+
+def _base(epsilon: float, conv_rule: R.Rule) -> GlobalTypeMap:
+    from .canonizers import LayerNormalization, LayerNormAffine
+    return GlobalTypeMap([
+        (Convolution, conv_rule),
+        (Dense, R.Epsilon(epsilon)),
+        (AvgPooling, R.Norm()),
+        (BatchNorm, R.Pass()),
+        (Activation, R.Pass()),
+        ((nn.LayerNorm, LayerNormalization), R.LayerNormRule()),
+        (LayerNormAffine, R.Epsilon(epsilon)),
+    ])
+
+
+def EpsilonGammaBox(low: Union[float, torch.Tensor] = -3.0, high: Union[float, torch.Tensor] = 3.0,
+                    *, epsilon: float = 1e-6, gamma: float = 0.25,
+                    canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
+    """Epsilon for dense layers, Gamma for convolutions, ZBox(low, high) at the first
+    convolution/dense layer (pixel inputs in ``[low, high]``)."""
+    return Composite(_base(epsilon, R.Gamma(gamma)),
+                     FirstLayerTypeMap([(Linear, R.ZBox(low, high))]),
+                     canonizers=canonizers, name="EpsilonGammaBox")
+
+
+def EpsilonPlus(*, epsilon: float = 1e-6,
+                canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
+    """Epsilon for dense layers, ZPlus for convolutions."""
+    return Composite(_base(epsilon, R.ZPlus()), canonizers=canonizers, name="EpsilonPlus")
+
+
+def EpsilonAlpha2Beta1(*, epsilon: float = 1e-6,
+                       canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
+    """Epsilon for dense layers, AlphaBeta(2, 1) for convolutions."""
+    return Composite(_base(epsilon, R.AlphaBeta(2.0, 1.0)), canonizers=canonizers,
+                     name="EpsilonAlpha2Beta1")
+
+
+def EpsilonPlusFlat(*, epsilon: float = 1e-6,
+                    canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
+    """EpsilonPlus with Flat at the first convolution/dense layer."""
+    return Composite(_base(epsilon, R.ZPlus()), FirstLayerTypeMap([(Linear, R.Flat())]),
+                     canonizers=canonizers, name="EpsilonPlusFlat")
+
+
+def EpsilonAlpha2Beta1Flat(*, epsilon: float = 1e-6,
+                           canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
+    """EpsilonAlpha2Beta1 with Flat at the first convolution/dense layer."""
+    return Composite(_base(epsilon, R.AlphaBeta(2.0, 1.0)),
+                     FirstLayerTypeMap([(Linear, R.Flat())]),
+                     canonizers=canonizers, name="EpsilonAlpha2Beta1Flat")
+
+
+def ExcitationBackprop(*, canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
+    """Excitation backprop (Zhang et al. 2016): ZPlus on every convolution and dense
+    layer, Norm on average pooling."""
+    return Composite(GlobalTypeMap([(Linear, R.ZPlus()), (AvgPooling, R.Norm()),
+                                    (BatchNorm, R.Pass())]),
+                     canonizers=canonizers, name="ExcitationBackprop")
+
+
+def GuidedBackprop(*, canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
+    """Guided backpropagation (Springenberg et al. 2015): ReLU modules pass only
+    positive gradients.  The explanation is the modified gradient."""
+    return Composite(GlobalTypeMap([(nn.ReLU, R.GuidedBackprop())]),
+                     canonizers=canonizers, attribution="gradient", name="GuidedBackprop")
+
+
+__all__ = [
+    "Composite", "Primitive", "LayerMap", "GlobalMap", "RangeMap", "FirstLayerMap",
+    "LastLayerMap", "GlobalTypeMap", "RangeTypeMap", "FirstLayerTypeMap",
+    "LastLayerTypeMap", "FirstNTypeMap", "EpsilonGammaBox", "EpsilonPlus",
+    "EpsilonAlpha2Beta1", "EpsilonPlusFlat", "EpsilonAlpha2Beta1Flat",
+    "ExcitationBackprop", "GuidedBackprop", "Convolution", "Dense", "Linear",
+    "AvgPooling", "BatchNorm", "Activation", "Dropout",
+]

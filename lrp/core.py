@@ -1,0 +1,256 @@
+"""The propagation engine: relevance ratios through ordinary autograd.
+
+The engine propagates the *ratio* ``c = R / a`` (relevance per unit of activation)
+backwards with plain autograd; relevance anywhere is ``a * a.grad``.  For every
+linear operation the LRP-0 rule in ratio form is the ordinary gradient, so residual
+sums, concatenations, reshapes and average pooling need no hooks at all.
+
+A rule replaces a module's output by a tensor whose *value* is the true output ``z``
+and whose vector-Jacobian product is the rule:
+
+    grad_in = sum_k coef_k * J_k^T (g * z / stab(z_k))
+
+where ``z_k`` are modified forwards of the module (``g`` is the ratio arriving at the
+output).  That is implemented by :class:`_RuleGradient`, a single autograd node.
+
+State belonging to one forward call (model inputs, extra relevance sinks, the calls
+of ruled modules for the coverage audit) lives in a :class:`Trace`, activated with a
+context variable, never on the modules.
+"""
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def stabilize(denominator: Tensor, epsilon: float) -> Tensor:
+    """Push ``denominator`` away from zero by ``epsilon``, keeping its sign.
+
+    Computes ``d + epsilon * sign(d)`` with ``sign(+0) = +1``, so the result is
+    never zero for ``epsilon > 0``.
+    """
+    return denominator.abs().add_(epsilon).copysign_(denominator)
+
+
+def safe_divide(numerator: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
+    """``numerator / stabilize(denominator, epsilon)``, with ``x / 0 := 0``."""
+    den = stabilize(denominator, epsilon)
+    if epsilon > 0:
+        return numerator / den
+    zero = den == 0
+    return (numerator / den.masked_fill(zero, 1.0)).masked_fill_(zero, 0.0)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One modified forward ``z_k`` of a rule and how its gradient is weighted.
+
+    Parameters
+    ----------
+    output
+        The modified forward (carries the autograd graph to the module input).
+    coefficient
+        Weight of this term (``alpha`` / ``-beta`` for the alpha-beta rule).
+    mask
+        Optional 0/1 tensor (broadcastable to the output) selecting where this term
+        applies (the generalized gamma rule uses the sign of ``z``).
+    """
+
+    output: Tensor
+    coefficient: float = 1.0
+    mask: Optional[Tensor] = None
+
+
+class _RuleGradient(torch.autograd.Function):
+    """Value: the true output ``z``.  Gradient to term ``k``: ``c_k m_k g z / stab(z_k)``."""
+
+    @staticmethod
+    def forward(ctx, z, epsilon, coefficients, masks, recorder, *terms):  # type: ignore[override]
+        ctx.epsilon = epsilon
+        ctx.coefficients = coefficients
+        ctx.masks = masks
+        ctx.recorder = recorder
+        ctx.save_for_backward(z, *terms)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        z, *terms = ctx.saved_tensors
+        if ctx.recorder is not None:
+            ctx.recorder(z * grad)
+        relevance = grad * z
+        grads = []
+        for term, coefficient, mask in zip(terms, ctx.coefficients, ctx.masks):
+            g = safe_divide(relevance, term, ctx.epsilon)
+            if coefficient != 1.0:
+                g = g * coefficient
+            if mask is not None:
+                g = g * mask
+            grads.append(g)
+        return (None, None, None, None, None, *grads)
+
+
+def rule_output(
+    z: Tensor,
+    terms: Sequence[Term],
+    epsilon: float,
+    recorder: Optional[Callable[[Tensor], None]] = None,
+) -> Tensor:
+    """Combine the true output ``z`` with a rule's modified forwards.
+
+    Returns a tensor equal to ``z`` whose gradient implements the generic LRP rule
+    ``R_in = sum_k coef_k a * J_k^T (R_out / stab(z_k))``.
+
+    Parameters
+    ----------
+    z
+        The module's true output (only its value is used).
+    terms
+        The rule's modified forwards, see :class:`Term`.
+    epsilon
+        Stabilizer added (with the denominator's sign) to each ``z_k``.
+    recorder
+        Optional callback receiving the relevance ``z * grad`` at this output during
+        the backward pass (layer-wise relevance).
+    """
+    outputs = [t.output for t in terms]
+    return _RuleGradient.apply(
+        z.detach(),
+        epsilon,
+        tuple(t.coefficient for t in terms),
+        tuple(t.mask for t in terms),
+        recorder,
+        *outputs,
+    )
+
+
+class _RelevanceBridge(torch.autograd.Function):
+    """Forward: constants ``s_k`` (unchanged).  Backward: ``sum_k s_k grad_k / stab(a)`` to ``a``.
+
+    Connects rules whose input relevance is not of the form ``a * grad`` (Flat,
+    WSquare, ZBox: relevance of bound tensors or of a ones-tensor) to the ratio
+    engine below an inner layer.
+    """
+
+    @staticmethod
+    def forward(ctx, a, epsilon, *surrogates):  # type: ignore[override]
+        ctx.epsilon = epsilon
+        ctx.save_for_backward(a, *surrogates)
+        return tuple(s.clone() for s in surrogates)
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        a, *surrogates = ctx.saved_tensors
+        relevance = sum(s * g for s, g in zip(surrogates, grads) if g is not None)
+        return (safe_divide(relevance, a, ctx.epsilon), None, *([None] * len(surrogates)))
+
+
+@dataclass
+class RuleCall:
+    """One call of a ruled module during a traced forward (for the audit)."""
+
+    name: str
+    output_node: object
+    input_nodes: tuple
+
+
+@dataclass
+class Trace:
+    """Per-forward state: model inputs, relevance sinks, ruled calls, recorders.
+
+    A trace is created by :func:`lrp.explain` (or by the user through
+    :func:`tracing`) around one forward/backward pair.  Rules consult the active
+    trace to know whether their input is a model input (then rules such as Flat and
+    ZBox return their relevance exactly through extra leaf tensors) and to register
+    their calls.
+    """
+
+    inputs: list = field(default_factory=list)
+    sinks: list = field(default_factory=list)
+    calls: list = field(default_factory=list)
+    record: Optional[Callable[[str], Optional[Callable[[Tensor], None]]]] = None
+
+    def is_input(self, tensor: Tensor) -> bool:
+        return any(tensor is t for t in self.inputs)
+
+    def add_sink(self, tensor: Tensor, leaves: Sequence[Tensor]) -> None:
+        self.sinks.append((tensor, tuple(leaves)))
+
+    def input_relevance(self, tensor: Tensor) -> Tensor:
+        """Relevance at the model input ``tensor`` after the backward pass."""
+        grad = tensor.grad if tensor.grad is not None else torch.zeros_like(tensor)
+        relevance = tensor.detach() * grad
+        for target, leaves in self.sinks:
+            if target is tensor:
+                for leaf in leaves:
+                    if leaf.grad is not None:
+                        relevance = relevance + leaf.detach() * leaf.grad
+        return relevance
+
+    def reset_grads(self) -> None:
+        """Clear gradients of inputs and sinks (between several backward passes)."""
+        for t in self.inputs:
+            t.grad = None
+        for _, leaves in self.sinks:
+            for leaf in leaves:
+                leaf.grad = None
+
+
+_ACTIVE_TRACE: contextvars.ContextVar[Optional[Trace]] = contextvars.ContextVar(
+    "lrp_active_trace", default=None
+)
+
+
+def active_trace() -> Optional[Trace]:
+    """The trace of the current forward, or ``None``."""
+    return _ACTIVE_TRACE.get()
+
+
+class tracing:
+    """Context manager activating a :class:`Trace` for the forward inside it."""
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+        self._token = None
+
+    def __enter__(self) -> Trace:
+        self._token = _ACTIVE_TRACE.set(self.trace)
+        return self.trace
+
+    def __exit__(self, *exc) -> None:
+        _ACTIVE_TRACE.reset(self._token)
+
+
+def surrogate_inputs(a: Tensor, surrogates: Sequence[Tensor], epsilon: float = 1e-12) -> tuple:
+    """Tensors standing in for ``a`` in a modified forward, whose relevance is ``s * grad``.
+
+    At a model input (inside a :class:`Trace`) the surrogates become leaves whose
+    relevance the trace adds to the input's, exactly.  Deeper in the network they are
+    bridged to ``a`` so that ``a * a.grad`` equals their relevance (up to the
+    stabilizer where ``a`` is zero).
+    """
+    trace = active_trace()
+    if trace is not None and trace.is_input(a):
+        leaves = tuple(s.detach().requires_grad_(True) for s in surrogates)
+        trace.add_sink(a, leaves)
+        return leaves
+    if not a.requires_grad:
+        return tuple(s.detach() for s in surrogates)
+    return _RelevanceBridge.apply(a, epsilon, *[s.detach() for s in surrogates])
+
+
+def graph_nodes(root, stop: Callable[[object], bool]) -> Iterator[object]:
+    """Walk the autograd graph from ``root`` depth-first, not entering ``stop`` nodes."""
+    seen = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or stop(node):
+            continue
+        seen.add(node)
+        yield node
+        stack.extend(n for n, _ in node.next_functions)

@@ -1,0 +1,257 @@
+"""The entry point: :func:`explain` and its result, :class:`Explanation`."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .audit import AuditReport, Auditor, handle_report
+from .composites import Composite
+from .core import Trace, safe_divide, tracing
+
+Target = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
+
+_SOFTMAX_LIKE = (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)
+
+
+@dataclass
+class Explanation:
+    """The result of every attribution method.
+
+    Attributes
+    ----------
+    relevance
+        Input-shaped relevance ``(batch, ...)``; with several targets per sample
+        ``(batch, n_targets, ...)``.
+    output
+        The model output ``(batch, classes)`` (logits when the final softmax was
+        stripped).
+    target
+        The explained class per sample ``(batch,)`` or ``(batch, n_targets)``;
+        ``None`` for a custom output-relevance function.
+    method
+        Name of the method / composite.
+    layer_relevance
+        Relevance at the outputs of the requested layers (same leading dims as
+        ``relevance``), keyed by module name.
+    layer_sums
+        Per-sample relevance sum at the output of every ruled layer (when
+        ``layer_sums=True`` was asked for), keyed by module name.
+    audit
+        The coverage audit of the forward pass.
+    """
+
+    relevance: Tensor
+    output: Tensor
+    target: Optional[Tensor]
+    method: str = ""
+    layer_relevance: Dict[str, Tensor] = field(default_factory=dict)
+    layer_sums: Dict[str, Tensor] = field(default_factory=dict)
+    audit: Optional[AuditReport] = None
+
+    def conservation(self) -> Tensor:
+        """Per-sample (and per-target) sum of the input relevance."""
+        dims = tuple(range(self.target.dim() if self.target is not None else 1,
+                           self.relevance.dim()))
+        return self.relevance.sum(dim=dims)
+
+    def heatmap(self, **kwargs):
+        """Render the relevance of the first sample as an image (see :func:`lrp.image.heatmap`)."""
+        from .image import heatmap
+        return heatmap(self.relevance[0], **kwargs)
+
+
+def _check_inputs(inputs: Tensor) -> None:
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be floating point, got {inputs.dtype}")
+    if inputs.dim() < 2:
+        raise ValueError(f"inputs need a batch dimension, got shape {tuple(inputs.shape)}")
+    if not torch.isfinite(inputs).all():
+        raise ValueError("inputs contain NaN or infinite values")
+
+
+def _resolve_target(target: Target, output: Tensor) -> Optional[Tensor]:
+    batch, classes = output.shape[0], output.shape[1]
+    if callable(target):
+        return None
+    if target is None:
+        return output.argmax(dim=1)
+    t = torch.as_tensor(target, device=output.device)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise TypeError(f"targets must be integers, got {t.dtype}")
+    t = t.long()
+    if t.dim() == 0:
+        t = t.expand(batch)
+    elif t.dim() == 1 and t.shape[0] != batch:
+        raise ValueError(f"got {t.shape[0]} targets for a batch of {batch}; give one target "
+                         "per sample, an int, or a (batch, k) tensor for several each")
+    elif t.dim() == 2 and t.shape[0] != batch:
+        raise ValueError(f"several targets need shape (batch={batch}, k), got {tuple(t.shape)}")
+    elif t.dim() > 2:
+        raise ValueError(f"targets must have at most 2 dimensions, got {tuple(t.shape)}")
+    if ((t < 0) | (t >= classes)).any():
+        raise ValueError(f"target out of range: the model has {classes} outputs, "
+                         f"got targets {t.unique().tolist()}")
+    return t
+
+
+def _seeds(output: Tensor, target: Target, t: Optional[Tensor], normalize: bool) -> List[Tensor]:
+    """Gradients to start the backward pass with (one per target column)."""
+    out = output.detach()
+    if t is None:
+        relevance = target(out)  # type: ignore[operator]
+        if not isinstance(relevance, Tensor) or relevance.shape != out.shape:
+            raise ValueError("a target function must return a tensor of the output's shape")
+        return [safe_divide(relevance, out, 1e-12)]
+    columns = t.unsqueeze(1) if t.dim() == 1 else t
+    seeds = []
+    for k in range(columns.shape[1]):
+        seed = torch.zeros_like(out).scatter_(1, columns[:, k:k + 1], 1.0)
+        if normalize:
+            seed = seed * safe_divide(torch.ones_like(out), out, 1e-12)
+        seeds.append(seed)
+    return seeds
+
+
+@contextlib.contextmanager
+def _stripped_softmax(model: nn.Module, order: Optional[Sequence[str]], enabled: bool):
+    """Make the model's final softmax/sigmoid module the identity for the block."""
+    modules = dict(model.named_modules())
+    last = modules.get(order[-1]) if enabled and order else None
+    if last is None or not isinstance(last, _SOFTMAX_LIKE):
+        yield
+        return
+    last.forward = lambda x: x  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del last.forward
+
+
+def explain(
+    model: nn.Module,
+    inputs: Tensor,
+    composite: Optional[Composite] = None,
+    target: Target = None,
+    *,
+    output_relevance: str = "logit",
+    strip_softmax: bool = False,
+    audit: str = "warn",
+    record: Sequence[str] = (),
+    layer_sums: bool = False,
+) -> Explanation:
+    """Explain ``model(inputs)`` with a composite of LRP rules.
+
+    Parameters
+    ----------
+    model
+        A PyTorch model mapping ``(batch, ...)`` to ``(batch, classes)``; put it in
+        eval mode.  It is left exactly as it was.
+    inputs
+        The input batch (floating point, finite).
+    composite
+        The rules (e.g. :func:`lrp.composites.EpsilonGammaBox`); ``None`` gives
+        gradient x input (LRP-0 on ReLU networks).
+    target
+        ``None``: the predicted class of each sample.  An int: that class for all.
+        A sequence/1-D tensor: one class per sample.  A ``(batch, k)`` tensor: ``k``
+        classes per sample, sharing one forward.  A callable ``f(output) ->
+        relevance`` (output-shaped) for a custom output relevance.
+    output_relevance
+        ``"logit"``: the explained output carries its value, so ``sum(R) ~ f(x)``.
+        ``"normalized"``: it carries 1, so ``sum(R) ~ 1``.
+    strip_softmax
+        Explain the logits when the model's last module is a softmax / log-softmax
+        / sigmoid (innsight's ``ignore_last_act``).
+    audit
+        ``"warn"`` (default), ``"strict"`` (raise :class:`lrp.audit.CoverageError`)
+        or ``"off"``: report non-linear operations no rule covers.
+    record
+        Names of modules whose output relevance is returned in
+        ``Explanation.layer_relevance`` (modules must have a rule).
+    layer_sums
+        Also return the per-sample relevance sum at every ruled layer's output.
+
+    Returns
+    -------
+    Explanation
+    """
+    _check_inputs(inputs)
+    if output_relevance not in ("logit", "normalized"):
+        raise ValueError("output_relevance must be 'logit' or 'normalized'")
+    if audit not in ("warn", "strict", "off"):
+        raise ValueError("audit must be 'warn', 'strict' or 'off'")
+    composite = composite if composite is not None else Composite(name="GradientXInput")
+    x = inputs.detach().clone().requires_grad_(True)
+    records: Dict[str, List[Tensor]] = {}
+    trace = Trace(inputs=[x])
+    wanted = set(record)
+    if wanted or layer_sums:
+        def recorder(name: str):
+            if name in wanted:
+                return records.setdefault(name, []).append
+            if layer_sums:
+                return lambda r: records.setdefault(name, []).append(
+                    r.flatten(1).sum(dim=1))
+            return None
+        trace.record = recorder
+
+    auditor = Auditor(model) if audit != "off" else None
+    with contextlib.ExitStack() as stack:
+        attachment = stack.enter_context(composite.attached(model, x))
+        if not attachment.mapping and composite.primitives:
+            raise ValueError(f"{composite.name} assigns no rule to any module of "
+                             f"{type(model).__name__}")
+        missing = wanted - set(attachment.mapping or {})
+        if missing:
+            raise ValueError(f"cannot record {sorted(missing)}: no rule is attached there")
+        order = attachment.order
+        if strip_softmax and order is None:
+            from .attach import execution_order
+            order = execution_order(model, x)
+        stack.enter_context(_stripped_softmax(model, order, strip_softmax))
+        if auditor is not None:
+            stack.callback(auditor.remove)
+            auditor.attach()
+        with torch.enable_grad(), tracing(trace):
+            try:
+                output = model(x)
+            except RuntimeError as err:
+                raise ValueError(f"the model's forward failed on inputs of shape "
+                                 f"{tuple(inputs.shape)}: {err}") from err
+        if not isinstance(output, Tensor) or output.dim() != 2:
+            raise ValueError("the model must return a (batch, classes) tensor, got "
+                             f"{getattr(output, 'shape', type(output))}")
+        report = None
+        if auditor is not None:
+            report = auditor.report(output, trace.calls, attachment.mapping or {})
+            auditor.remove()
+            handle_report(report, audit)
+        t = _resolve_target(target, output)
+        seeds = _seeds(output, target, t, output_relevance == "normalized")
+        relevances = []
+        for k, seed in enumerate(seeds):
+            trace.reset_grads()
+            leaves = [x] + [leaf for _, ls in trace.sinks for leaf in ls]
+            grads = torch.autograd.grad(output, leaves, seed, retain_graph=k < len(seeds) - 1,
+                                        allow_unused=True)
+            for leaf, g in zip(leaves, grads):
+                leaf.grad = g
+            if composite.attribution == "gradient":
+                relevances.append(x.grad if x.grad is not None else torch.zeros_like(x))
+            else:
+                relevances.append(trace.input_relevance(x))
+    multi = t is not None and t.dim() == 2
+    relevance = torch.stack(relevances, 1) if multi else relevances[0]
+    layer_rel = {}
+    sums = {}
+    for name, values in records.items():
+        stacked = torch.stack(values, 1) if multi else values[0]
+        (layer_rel if name in wanted else sums)[name] = stacked.detach()
+    return Explanation(relevance.detach(), output.detach(), t, composite.name,
+                       layer_rel, sums, report)

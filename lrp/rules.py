@@ -1,0 +1,439 @@
+"""LRP rules as modified forwards.
+
+Each rule turns a module's true output ``z`` into a tensor with the same value whose
+gradient implements the rule (see :mod:`lrp.core`).  Most rules are a
+:class:`BasicRule` with one or two of its small pieces overridden:
+
+* :meth:`BasicRule.modify_input` -- the activation the rule sees (``a -> a+``),
+* :meth:`BasicRule.modify_parameter` -- weights and bias (``W -> W + gamma W+``),
+* ``epsilon`` -- the stabilizer of the denominator.
+
+A new rule is a few lines::
+
+    class MyGamma(BasicRule):
+        def __init__(self, gamma=0.5):
+            super().__init__(epsilon=1e-6)
+            self.gamma = gamma
+
+        def modify_parameter(self, param, name):
+            return param + self.gamma * param.clamp(min=0)
+
+Notation in the docstrings: ``a`` layer input, ``z = W a + b`` output, ``R``
+relevance, ``s = R_out / stab(z')``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .core import Term, rule_output, surrogate_inputs
+from .layers import is_weighted, layer_forward
+
+Params = Dict[str, Optional[Tensor]]
+
+_ELEMENTWISE_NORMS = (nn.LayerNorm,)
+
+
+def _params(module: nn.Module) -> Params:
+    weight = getattr(module, "weight", None)
+    bias = getattr(module, "bias", None)
+    return {
+        "weight": None if weight is None else weight.detach(),
+        "bias": None if bias is None else bias.detach(),
+    }
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"tensor{tuple(value.shape)}" if value.numel() > 1 else f"{value.item():g}"
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
+class Rule:
+    """Base class of all rules.
+
+    Subclasses implement :meth:`apply`; :meth:`prepare` precomputes whatever the
+    rule needs once per attach (modified parameters), and :meth:`supports` says
+    which modules the rule can be attached to.
+    """
+
+    #: Parameters shown by ``repr``; subclasses list their constructor arguments.
+    _fields: Sequence[str] = ()
+
+    def supports(self, module: nn.Module) -> bool:
+        """Whether the rule can be attached to ``module``."""
+        return True
+
+    def prepare(self, module: nn.Module) -> Any:
+        """Per-attach precomputation for ``module`` (default: nothing)."""
+        return None
+
+    def apply(self, module: nn.Module, inputs: tuple, output: Tensor, prepared: Any,
+              recorder=None) -> Tensor:
+        """Return the replacement output: value ``output``, gradient the rule."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f}={_format(getattr(self, f))}" for f in self._fields)
+        return f"{type(self).__name__}({args})"
+
+
+class BasicRule(Rule):
+    """The generic rule ``R_j = a_j sum_i W'_ij R_i / stab(sum_l W'_il a'_l + b'_i)``.
+
+    Parameters
+    ----------
+    epsilon
+        Stabilizer added to the denominator with its sign (``z + epsilon sign(z)``).
+
+    Override :meth:`modify_input` and/or :meth:`modify_parameter`.  When neither is
+    overridden the denominator is the true output and no extra forward is run.
+    """
+
+    _fields = ("epsilon",)
+
+    def __init__(self, epsilon: float = 1e-6):
+        if epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        self.epsilon = float(epsilon)
+
+    def modify_input(self, a: Tensor) -> Tensor:
+        """The activation seen by the rule (default: unchanged)."""
+        return a
+
+    def modify_parameter(self, param: Tensor, name: str) -> Tensor:
+        """Modified weight (``name == 'weight'``) or bias (default: unchanged)."""
+        return param
+
+    def _modifies_parameters(self) -> bool:
+        return type(self).modify_parameter is not BasicRule.modify_parameter
+
+    def _modifies_input(self) -> bool:
+        return type(self).modify_input is not BasicRule.modify_input
+
+    def supports(self, module: nn.Module) -> bool:
+        return is_weighted(module) or not self._modifies_parameters()
+
+    def prepare(self, module: nn.Module) -> Optional[Params]:
+        if not self._modifies_parameters():
+            return None
+        return {k: None if p is None else self.modify_parameter(p, k)
+                for k, p in _params(module).items()}
+
+    def terms(self, module: nn.Module, a: Tensor, output: Tensor,
+              params: Optional[Params]) -> List[Term]:
+        """The modified forwards of this rule (default: one, from the modified pieces)."""
+        if params is None and not self._modifies_input():
+            return [Term(output)]
+        x = self.modify_input(a)
+        if params is None:
+            return [Term(layer_forward(module, x))]
+        return [Term(layer_forward(module, x, params["weight"], params["bias"]))]
+
+    def apply(self, module, inputs, output, prepared, recorder=None):
+        return rule_output(output, self.terms(module, inputs[0], output, prepared),
+                           self.epsilon, recorder)
+
+
+class Epsilon(BasicRule):
+    """LRP-epsilon: ``R_j = a_j sum_i W_ij R_i / (z_i + epsilon sign(z_i))``.
+
+    Costs no extra forward.  Also the rule for parameter-free linear modules
+    (average pooling, sums), where it is known as the Norm rule.
+    """
+
+
+class Zero(Epsilon):
+    """LRP-0: ``R_j = a_j sum_i W_ij R_i / z_i`` (ratio ``0/0 := 0``)."""
+
+    _fields = ()
+
+    def __init__(self) -> None:
+        super().__init__(epsilon=0.0)
+
+
+class Norm(Epsilon):
+    """Normalisation rule for sums and average pooling: LRP-epsilon on a parameter-free
+    linear module, distributing relevance in proportion to the summands."""
+
+    def __init__(self, epsilon: float = 1e-6):
+        super().__init__(epsilon=epsilon)
+
+
+class Gamma(BasicRule):
+    """LRP-gamma: ``W -> W + gamma W+``, ``b -> b + gamma b+``."""
+
+    _fields = ("gamma", "epsilon")
+
+    def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6):
+        super().__init__(epsilon)
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def modify_parameter(self, param, name):
+        return param + self.gamma * param.clamp(min=0)
+
+
+def _positive(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.clamp(min=0)
+
+
+def _negative(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.clamp(max=0)
+
+
+def _split_forward(module: nn.Module, a: Tensor, w_pos_in: Tensor, w_neg_in: Tensor,
+                   bias: Optional[Tensor]) -> Tensor:
+    """``F(a+; w_pos_in) + F(a-; w_neg_in) + bias``; skips the a- half when ``a >= 0``."""
+    has_negative = bool((a < 0).any())
+    if not has_negative:
+        return layer_forward(module, a, w_pos_in, bias)
+    out = layer_forward(module, a.clamp(min=0), w_pos_in, bias)
+    return out + layer_forward(module, a.clamp(max=0), w_neg_in, None)
+
+
+class AlphaBeta(BasicRule):
+    """LRP-alpha-beta: ``alpha`` times the positive, ``beta`` times the negative
+    contributions, each normalised by its own sum (biases included by sign).
+
+    ``alpha - beta`` must be 1.  Correct for negative inputs: the positive
+    contributions are ``W+ a+ + W- a-``.
+    """
+
+    _fields = ("alpha", "beta")
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, epsilon: float = 1e-6):
+        super().__init__(epsilon)
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+        if abs(alpha - beta - 1.0) > 1e-9:
+            raise ValueError(
+                f"alpha - beta must equal 1 (conservation), got alpha={alpha}, beta={beta}")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    def supports(self, module):
+        return is_weighted(module)
+
+    def prepare(self, module):
+        p = _params(module)
+        return {"w+": _positive(p["weight"]), "w-": _negative(p["weight"]),
+                "b+": _positive(p["bias"]), "b-": _negative(p["bias"])}
+
+    def terms(self, module, a, output, params):
+        positive = _split_forward(module, a, params["w+"], params["w-"], params["b+"])
+        terms = [Term(positive, self.alpha)]
+        if self.beta:
+            negative = _split_forward(module, a, params["w-"], params["w+"], params["b-"])
+            terms.append(Term(negative, -self.beta))
+        return terms
+
+
+class ZPlus(AlphaBeta):
+    """LRP-z+: only positive contributions (``AlphaBeta(1, 0)``), fine for negative inputs."""
+
+    _fields = ()
+
+    def __init__(self, epsilon: float = 1e-6):
+        super().__init__(alpha=1.0, beta=0.0, epsilon=epsilon)
+
+
+class GeneralizedGamma(BasicRule):
+    """Generalized LRP-gamma (Andéol et al.) for leaky-ReLU networks.
+
+    Where ``z > 0``: weights ``W + gamma W+`` for ``a+`` and ``W + gamma W-`` for
+    ``a-`` (bias ``b + gamma b+``); where ``z < 0`` the roles of ``W+`` and ``W-``
+    swap (bias ``b + gamma b-``).
+    """
+
+    _fields = ("gamma",)
+
+    def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6):
+        super().__init__(epsilon)
+        self.gamma = float(gamma)
+
+    def supports(self, module):
+        return is_weighted(module)
+
+    def prepare(self, module):
+        p = _params(module)
+        w, b, g = p["weight"], p["bias"], self.gamma
+        return {
+            "w_up": w + g * w.clamp(min=0), "w_down": w + g * w.clamp(max=0),
+            "b_up": None if b is None else b + g * b.clamp(min=0),
+            "b_down": None if b is None else b + g * b.clamp(max=0),
+        }
+
+    def terms(self, module, a, output, params):
+        z = output.detach()
+        up = _split_forward(module, a, params["w_up"], params["w_down"], params["b_up"])
+        down = _split_forward(module, a, params["w_down"], params["w_up"], params["b_down"])
+        return [Term(up, 1.0, (z > 0).to(z.dtype)), Term(down, 1.0, (z < 0).to(z.dtype))]
+
+
+class Flat(BasicRule):
+    """LRP-flat: all weights one, no bias: ``R_j = sum_i R_i / n_i``.
+
+    Its relevance is not of the form ``a * grad`` (zero inputs receive relevance);
+    at the model input it is returned exactly.  Deeper in a network it is passed on
+    as the ratio ``R_j / a_j``, so relevance on exactly-zero activations is lost.
+    """
+
+    _fields = ()
+
+    def supports(self, module):
+        return is_weighted(module)
+
+    def prepare(self, module):
+        return {"weight": torch.ones_like(module.weight.detach()), "bias": None}
+
+    def terms(self, module, a, output, params):
+        (ones,) = surrogate_inputs(a, [torch.ones_like(a)])
+        return [Term(layer_forward(module, ones, params["weight"], None))]
+
+
+class WSquare(Flat):
+    """LRP-w^2: ``R_j = sum_i W_ij^2 R_i / sum_l W_il^2`` (input-independent, like Flat)."""
+
+    def prepare(self, module):
+        return {"weight": module.weight.detach() ** 2, "bias": None}
+
+
+class ZBox(BasicRule):
+    """LRP-z^B for bounded inputs ``low <= a <= high``:
+
+    ``R_j = sum_i (W_ij a_j - W+_ij l_j - W-_ij h_j) R_i / sum_l (...)``.
+
+    Parameters
+    ----------
+    low, high
+        Bounds: scalars, per-channel 1-D tensors (length = input channels) or
+        tensors broadcastable to the input.
+    """
+
+    _fields = ("low", "high")
+
+    def __init__(self, low: Union[float, Tensor], high: Union[float, Tensor],
+                 epsilon: float = 1e-6):
+        super().__init__(epsilon)
+        self.low = torch.as_tensor(low, dtype=torch.get_default_dtype()) \
+            if not isinstance(low, Tensor) else low.detach()
+        self.high = torch.as_tensor(high, dtype=torch.get_default_dtype()) \
+            if not isinstance(high, Tensor) else high.detach()
+        try:
+            ordered = bool((self.low <= self.high).all())
+        except RuntimeError as err:
+            raise ValueError(f"ZBox bounds have incompatible shapes {tuple(self.low.shape)} "
+                             f"and {tuple(self.high.shape)}") from err
+        if not ordered:
+            raise ValueError("ZBox requires low <= high everywhere")
+
+    def supports(self, module):
+        return is_weighted(module)
+
+    def prepare(self, module):
+        w = module.weight.detach()
+        return {"weight": w, "w+": w.clamp(min=0), "w-": w.clamp(max=0)}
+
+    def _bound(self, bound: Tensor, a: Tensor) -> Tensor:
+        b = bound.to(device=a.device, dtype=a.dtype)
+        if b.dim() == 1 and a.dim() > 2 and b.numel() == a.shape[1] and b.numel() > 1:
+            b = b.view(1, -1, *([1] * (a.dim() - 2)))
+        try:
+            return b.expand_as(a)
+        except RuntimeError:
+            raise ValueError(
+                f"ZBox bound of shape {tuple(bound.shape)} does not fit the layer input of "
+                f"shape {tuple(a.shape)}: use a scalar, one value per channel "
+                f"({a.shape[1]}), or a tensor broadcastable to the input") from None
+
+    def terms(self, module, a, output, params):
+        low, high = surrogate_inputs(a, [self._bound(self.low, a), self._bound(self.high, a)])
+        z = (layer_forward(module, a, params["weight"], None)
+             - layer_forward(module, low, params["w+"], None)
+             - layer_forward(module, high, params["w-"], None))
+        return [Term(z)]
+
+
+class Pass(Rule):
+    """Pass-through: ``R_in = R_out`` for shape-preserving modules.
+
+    This is also the identity rule for element-wise activations (sigmoid, tanh,
+    GELU, SiLU, softplus, ELU, leaky ReLU): the ratio passed back is
+    ``f(a) / a`` (stabilized) instead of ``f'(a)``.
+    """
+
+    _fields = ()
+
+    def __init__(self, epsilon: float = 1e-12):
+        self.epsilon = float(epsilon)
+
+    def apply(self, module, inputs, output, prepared, recorder=None):
+        a = inputs[0]
+        if not isinstance(a, Tensor) or a.shape != output.shape:
+            raise ValueError(
+                f"Pass needs a module whose output has its input's shape; "
+                f"{type(module).__name__} maps {tuple(getattr(a, 'shape', ()))} to "
+                f"{tuple(output.shape)}")
+        if not a.requires_grad:
+            return output
+        return rule_output(output, [Term(a)], self.epsilon, recorder)
+
+
+class LayerNormRule(Rule):
+    """LRP for layer normalisation (Ali et al. 2022): the standard deviation is treated
+    as a constant, so relevance passes through the centring and the affine map by
+    LRP-0 (bias absorbs its share)."""
+
+    _fields = ()
+
+    def supports(self, module):
+        return isinstance(module, nn.LayerNorm) or hasattr(module, "normalized_shape")
+
+    def apply(self, module, inputs, output, prepared, recorder=None):
+        a = inputs[0]
+        dims = tuple(range(-len(module.normalized_shape), 0))
+        centered = a - a.mean(dim=dims, keepdim=True)
+        std = torch.sqrt(a.detach().var(dim=dims, unbiased=False, keepdim=True) + module.eps)
+        z = centered / std
+        weight = getattr(module, "weight", None)
+        bias = getattr(module, "bias", None)
+        if weight is not None:
+            z = z * weight.detach()
+        if bias is not None:
+            z = z + bias.detach()
+        return rule_output(output, [Term(z)], 1e-12, recorder)
+
+
+class _GuidedGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, z):  # type: ignore[override]
+        ctx.save_for_backward(a)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (a,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (a > 0).to(grad.dtype), None
+
+
+class GuidedBackprop(Rule):
+    """Guided backpropagation for ReLU: only positive gradients pass (where ``a > 0``)."""
+
+    _fields = ()
+
+    def supports(self, module):
+        return isinstance(module, nn.ReLU)
+
+    def apply(self, module, inputs, output, prepared, recorder=None):
+        return _GuidedGradient.apply(inputs[0], output.detach())
+
+
+__all__ = [
+    "Rule", "BasicRule", "Zero", "Epsilon", "Norm", "Gamma", "AlphaBeta", "ZPlus",
+    "GeneralizedGamma", "Flat", "WSquare", "ZBox", "Pass", "LayerNormRule",
+    "GuidedBackprop",
+]
