@@ -82,15 +82,21 @@ class _RuleGradient(torch.autograd.Function):
         z, *terms = ctx.saved_tensors
         if ctx.recorder is not None:
             ctx.recorder(z * grad)
-        relevance = grad * z
         grads = []
         for term, coefficient, mask in zip(terms, ctx.coefficients, ctx.masks):
-            g = safe_divide(relevance, term, ctx.epsilon)
+            # In-place on one fresh buffer: large allocations dominate the cost on CPU.
+            factor = stabilize(term, ctx.epsilon)
+            if ctx.epsilon == 0:
+                zero = factor == 0
+                factor.masked_fill_(zero, 1.0)
+                torch.div(z, factor, out=factor).masked_fill_(zero, 0.0)
+            else:
+                torch.div(z, factor, out=factor)
             if coefficient != 1.0:
-                g = g * coefficient
+                factor.mul_(coefficient)
             if mask is not None:
-                g = g * mask
-            grads.append(g)
+                factor.mul_(mask)
+            grads.append(factor.mul_(grad))
         return (None, None, None, None, None, *grads)
 
 
