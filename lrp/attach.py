@@ -94,6 +94,18 @@ def _signature(inputs) -> tuple:
     return (type(inputs),)
 
 
+def run_model(model: nn.Module, inputs):
+    """``model(inputs)`` (a tuple is unpacked); a failing forward becomes a ValueError
+    naming the input shapes."""
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    try:
+        return model(*args)
+    except RuntimeError as err:
+        shapes = [tuple(a.shape) for a in args if isinstance(a, Tensor)]
+        raise ValueError(f"the model's forward failed on inputs of shape "
+                         f"{shapes[0] if len(shapes) == 1 else shapes}: {err}") from err
+
+
 _ORDER_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, List[str]]]" = \
     weakref.WeakKeyDictionary()
 
@@ -120,12 +132,8 @@ def execution_order(model: nn.Module, example_input) -> List[str]:
 
     hooks = [m.register_forward_pre_hook(pre_hook) for m in model.modules() if _leaf(m)]
     try:
-        sample = _first_sample(example_input)
         with torch.no_grad():
-            if isinstance(sample, tuple):
-                model(*sample)
-            else:
-                model(sample)
+            run_model(model, _first_sample(example_input))
     finally:
         for h in hooks:
             h.remove()

@@ -32,7 +32,7 @@ _LINEAR = {
     "ToCopy", "CopySlices", "AsStrided", "Roll", "Flip", "Repeat", "Gather",
     "NativeDropout", "Alias", "Diagonal", "Narrow", "Unfold", "Im2Col", "Col2Im",
     "PixelShuffle", "PixelUnshuffle", "Tril", "Triu", "Embedding", "Squeeze",
-    "Cumsum", "IndexSelect", "MaskedFill", "Where", "Hardtanh",
+    "Cumsum", "IndexSelect", "MaskedFill", "Where",
 }
 # Bilinear in their arguments: linear when at most one argument carries activations.
 _BILINEAR = {"Mul", "Div", "Mm", "Bmm", "Addmm", "Addmv", "Mv", "Matmul", "Dot",

@@ -16,13 +16,14 @@ Primitives mapping one rule: :class:`LayerMap` (by index or name),
 from __future__ import annotations
 
 import contextlib
-import weakref
 from dataclasses import dataclass
-from typing import (Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
+from typing import (Dict, Iterator, List, Mapping, Optional, Sequence,
                     Tuple, Type, Union)
 
 import torch
 from torch import nn
+
+from torchvision.ops.misc import SqueezeExcitation
 
 from . import rules as R
 from .attach import attach_rules, execution_order
@@ -41,7 +42,10 @@ AvgPooling = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
 BatchNorm = (nn.modules.batchnorm._BatchNorm,)
 #: Element-wise activations other than ReLU; they get the identity rule (Pass).
 Activation = (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softplus, nn.ELU, nn.LeakyReLU,
-              nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.CELU, nn.SELU)
+              nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.CELU, nn.SELU, nn.Hardtanh)
+#: Blocks that scale their input by a gate computed from it (squeeze-excitation):
+#: the gate is treated as a constant, so relevance passes through unchanged (Pass).
+Gating = (SqueezeExcitation,)
 Dropout = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
@@ -394,6 +398,7 @@ def _base(epsilon: float, conv_rule: R.Rule) -> GlobalTypeMap:
         (AvgPooling, R.Norm()),
         (BatchNorm, R.Pass()),
         (Activation, R.Pass()),
+        (Gating, R.Pass()),
         ((nn.LayerNorm, LayerNormalization), R.LayerNormRule()),
         (LayerNormAffine, R.Epsilon(epsilon)),
     ])
@@ -458,5 +463,5 @@ __all__ = [
     "LastLayerTypeMap", "FirstNTypeMap", "EpsilonGammaBox", "EpsilonPlus",
     "EpsilonAlpha2Beta1", "EpsilonPlusFlat", "EpsilonAlpha2Beta1Flat",
     "ExcitationBackprop", "GuidedBackprop", "Convolution", "Dense", "Linear",
-    "AvgPooling", "BatchNorm", "Activation", "Dropout",
+    "AvgPooling", "BatchNorm", "Activation", "Gating", "Dropout",
 ]

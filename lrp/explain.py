@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .attach import execution_order, run_model
 from .audit import AuditReport, Auditor, handle_report
 from .composites import Composite
 from .core import Trace, safe_divide, tracing
@@ -212,18 +213,13 @@ def explain(
             raise ValueError(f"cannot record {sorted(missing)}: no rule is attached there")
         order = attachment.order
         if strip_softmax and order is None:
-            from .attach import execution_order
             order = execution_order(model, x)
         stack.enter_context(_stripped_softmax(model, order, strip_softmax))
         if auditor is not None:
             stack.callback(auditor.remove)
             auditor.attach()
         with torch.enable_grad(), tracing(trace):
-            try:
-                output = model(x)
-            except RuntimeError as err:
-                raise ValueError(f"the model's forward failed on inputs of shape "
-                                 f"{tuple(inputs.shape)}: {err}") from err
+            output = run_model(model, x)
         if not isinstance(output, Tensor) or output.dim() != 2:
             raise ValueError("the model must return a (batch, classes) tensor, got "
                              f"{getattr(output, 'shape', type(output))}")
