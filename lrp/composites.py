@@ -407,9 +407,16 @@ def _base(epsilon: float, conv_rule: R.Rule) -> GlobalTypeMap:
 def EpsilonGammaBox(low: Union[float, torch.Tensor] = -3.0, high: Union[float, torch.Tensor] = 3.0,
                     *, epsilon: float = 1e-6, gamma: float = 0.25,
                     canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
-    """Epsilon for dense layers, Gamma for convolutions, ZBox(low, high) at the first
-    convolution/dense layer (pixel inputs in ``[low, high]``)."""
-    return Composite(_base(epsilon, R.Gamma(gamma)),
+    """Epsilon for dense layers, gamma for convolutions, ZBox(low, high) at the first
+    convolution/dense layer (pixel inputs in ``[low, high]``).
+
+    Convolutions get :class:`lrp.rules.GeneralizedGamma`: identical to
+    :class:`lrp.rules.Gamma` wherever the output is positive (every convolution
+    followed by a ReLU), and stable where negative outputs carry relevance
+    (convolutions feeding residual sums, as in ResNets), where the plain gamma
+    denominator crosses zero.
+    """
+    return Composite(_base(epsilon, R.GeneralizedGamma(gamma)),
                      FirstLayerTypeMap([(Linear, R.ZBox(low, high))]),
                      canonizers=canonizers, name="EpsilonGammaBox")
 

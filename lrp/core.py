@@ -57,22 +57,28 @@ class Term:
         Weight of this term (``alpha`` / ``-beta`` for the alpha-beta rule).
     mask
         Optional 0/1 tensor (broadcastable to the output) selecting where this term
-        applies (the generalized gamma rule uses the sign of ``z``).
+        applies.  When the incoming gradient vanishes on the whole mask, the term's
+        branch of the graph is not evaluated in the backward pass.
+    denominator
+        The value ``z_k`` to normalise by, when it differs from ``output``'s value
+        (then several terms can share one graph).
     """
 
     output: Tensor
     coefficient: float = 1.0
     mask: Optional[Tensor] = None
+    denominator: Optional[Tensor] = None
 
 
 class _RuleGradient(torch.autograd.Function):
-    """Value: the true output ``z``.  Gradient to term ``k``: ``c_k m_k g z / stab(z_k)``."""
+    """Value: the true output ``z``.  Gradient to term ``k``: ``c_k m_k g z / stab(d_k)``."""
 
     @staticmethod
-    def forward(ctx, z, epsilon, coefficients, masks, recorder, *terms):  # type: ignore[override]
+    def forward(ctx, z, epsilon, coefficients, masks, denominators, recorder, *terms):  # type: ignore[override]
         ctx.epsilon = epsilon
         ctx.coefficients = coefficients
         ctx.masks = masks
+        ctx.denominators = denominators
         ctx.recorder = recorder
         ctx.save_for_backward(z, *terms)
         return z.clone()
@@ -83,9 +89,13 @@ class _RuleGradient(torch.autograd.Function):
         if ctx.recorder is not None:
             ctx.recorder(z * grad)
         grads = []
-        for term, coefficient, mask in zip(terms, ctx.coefficients, ctx.masks):
+        for term, coefficient, mask, denominator in zip(
+                terms, ctx.coefficients, ctx.masks, ctx.denominators):
+            if mask is not None and not (grad * mask).any():
+                grads.append(None)
+                continue
             # In-place on one fresh buffer: large allocations dominate the cost on CPU.
-            factor = stabilize(term, ctx.epsilon)
+            factor = stabilize(term if denominator is None else denominator, ctx.epsilon)
             if ctx.epsilon == 0:
                 zero = factor == 0
                 factor.masked_fill_(zero, 1.0)
@@ -97,7 +107,7 @@ class _RuleGradient(torch.autograd.Function):
             if mask is not None:
                 factor.mul_(mask)
             grads.append(factor.mul_(grad))
-        return (None, None, None, None, None, *grads)
+        return (None, None, None, None, None, None, *grads)
 
 
 def rule_output(
@@ -109,7 +119,7 @@ def rule_output(
     """Combine the true output ``z`` with a rule's modified forwards.
 
     Returns a tensor equal to ``z`` whose gradient implements the generic LRP rule
-    ``R_in = sum_k coef_k a * J_k^T (R_out / stab(z_k))``.
+    ``R_in = sum_k coef_k a * J_k^T (m_k R_out / stab(z_k))``.
 
     Parameters
     ----------
@@ -123,14 +133,14 @@ def rule_output(
         Optional callback receiving the relevance ``z * grad`` at this output during
         the backward pass (layer-wise relevance).
     """
-    outputs = [t.output for t in terms]
     return _RuleGradient.apply(
         z.detach(),
         epsilon,
         tuple(t.coefficient for t in terms),
         tuple(t.mask for t in terms),
+        tuple(None if t.denominator is None else t.denominator.detach() for t in terms),
         recorder,
-        *outputs,
+        *[t.output for t in terms],
     )
 
 

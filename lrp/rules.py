@@ -242,17 +242,26 @@ class ZPlus(AlphaBeta):
 
 
 class GeneralizedGamma(BasicRule):
-    """Generalized LRP-gamma (Andéol et al.) for leaky-ReLU networks.
+    """Generalized LRP-gamma (Andéol et al.), also stable for negative outputs.
 
     Where ``z > 0``: weights ``W + gamma W+`` for ``a+`` and ``W + gamma W-`` for
     ``a-`` (bias ``b + gamma b+``); where ``z < 0`` the roles of ``W+`` and ``W-``
-    swap (bias ``b + gamma b-``).
+    swap (bias ``b + gamma b-``).  For ``a >= 0`` and ``z > 0`` this is exactly
+    :class:`Gamma`; for ``z < 0`` it favours the contributions that agree with the
+    output's sign, so the denominator never crosses zero.  That matters where a
+    layer's negative outputs carry relevance, e.g. convolutions feeding a residual
+    sum, where :class:`Gamma` becomes unstable.
+
+    Cost: one extra forward of the layer (as Gamma) when its input is non-negative;
+    the negative-output branch is only back-propagated when it carries relevance.
     """
 
     _fields = ("gamma",)
 
     def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6):
         super().__init__(epsilon)
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
 
     def supports(self, module):
@@ -269,9 +278,18 @@ class GeneralizedGamma(BasicRule):
 
     def terms(self, module, a, output, params):
         z = output.detach()
-        up = _split_forward(module, a, params["w_up"], params["w_down"], params["b_up"])
-        down = _split_forward(module, a, params["w_down"], params["w_up"], params["b_down"])
-        return [Term(up, 1.0, (z > 0).to(z.dtype)), Term(down, 1.0, (z < 0).to(z.dtype))]
+        positive, negative = (z > 0).to(z.dtype), (z < 0).to(z.dtype)
+        if bool((a < 0).any()):
+            up = _split_forward(module, a, params["w_up"], params["w_down"], params["b_up"])
+            down = _split_forward(module, a, params["w_down"], params["w_up"], params["b_down"])
+            return [Term(up, 1.0, positive), Term(down, 1.0, negative)]
+        # a >= 0: W + g W- = (2 + g) W - (W + g W+), likewise for the bias, so the
+        # negative-output term is (2 + g) z - up: no second extra forward.
+        up = layer_forward(module, a, params["w_up"], params["b_up"])
+        down = (2.0 + self.gamma) * z - up.detach()
+        return [Term(up, 1.0, positive),
+                Term(output, 2.0 + self.gamma, negative, down),
+                Term(up, -1.0, negative, down)]
 
 
 class Flat(BasicRule):
