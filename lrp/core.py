@@ -38,11 +38,21 @@ def stabilize(denominator: Tensor, epsilon: float) -> Tensor:
 
 def safe_divide(numerator: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
     """``numerator / stabilize(denominator, epsilon)``, with ``x / 0 := 0``."""
-    den = stabilize(denominator, epsilon)
+    return ratio(numerator, denominator, epsilon)
+
+
+def ratio(z: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
+    """``z / stabilize(denominator, epsilon)`` in one fresh buffer (``x / 0 := 0``).
+
+    Computed in place: on the CPU, allocating large buffers costs more than the
+    arithmetic.
+    """
+    out = stabilize(denominator, epsilon)
     if epsilon > 0:
-        return numerator / den
-    zero = den == 0
-    return (numerator / den.masked_fill(zero, 1.0)).masked_fill_(zero, 0.0)
+        return torch.div(z, out, out=out)
+    zero = out == 0
+    out.masked_fill_(zero, 1.0)
+    return torch.div(z, out, out=out).masked_fill_(zero, 0.0)
 
 
 @dataclass(frozen=True)
@@ -56,12 +66,11 @@ class Term:
     coefficient
         Weight of this term (``alpha`` / ``-beta`` for the alpha-beta rule).
     mask
-        Optional 0/1 tensor (broadcastable to the output) selecting where this term
-        applies.  When the incoming gradient vanishes on the whole mask, the term's
-        branch of the graph is not evaluated in the backward pass.
+        Optional boolean tensor (broadcastable to the output) selecting where this
+        term applies.  When the incoming gradient vanishes on the whole mask, the
+        term's branch of the graph is not evaluated in the backward pass.
     denominator
-        The value ``z_k`` to normalise by, when it differs from ``output``'s value
-        (then several terms can share one graph).
+        The value ``z_k`` to normalise by, when it differs from ``output``'s value.
     """
 
     output: Tensor
@@ -70,15 +79,37 @@ class Term:
     denominator: Optional[Tensor] = None
 
 
+#: ``gradient(grad, z, terms) -> [gradient for each term]`` (``None`` skips a term).
+GradientFn = Callable[[Tensor, Tensor, Sequence[Tensor]], Sequence[Optional[Tensor]]]
+
+
+def term_gradient(terms: Sequence[Term], epsilon: float) -> GradientFn:
+    """The generic rule gradient: ``coef_k * mask_k * grad * z / stab(d_k)`` per term."""
+    specs = [(t.coefficient, t.mask, None if t.denominator is None else t.denominator.detach())
+             for t in terms]
+
+    def gradient(grad, z, outputs):
+        grads: list = []
+        for output, (coefficient, mask, denominator) in zip(outputs, specs):
+            if mask is not None and not (mask & (grad != 0)).any():
+                grads.append(None)
+                continue
+            factor = ratio(z, output if denominator is None else denominator, epsilon)
+            if coefficient != 1.0:
+                factor.mul_(coefficient)
+            if mask is not None:
+                factor.masked_fill_(~mask, 0.0)
+            grads.append(factor.mul_(grad))
+        return grads
+    return gradient
+
+
 class _RuleGradient(torch.autograd.Function):
-    """Value: the true output ``z``.  Gradient to term ``k``: ``c_k m_k g z / stab(d_k)``."""
+    """Value: the true output ``z``.  Gradients to the terms: ``gradient(grad, z, terms)``."""
 
     @staticmethod
-    def forward(ctx, z, epsilon, coefficients, masks, denominators, recorder, *terms):  # type: ignore[override]
-        ctx.epsilon = epsilon
-        ctx.coefficients = coefficients
-        ctx.masks = masks
-        ctx.denominators = denominators
+    def forward(ctx, z, gradient, recorder, *terms):  # type: ignore[override]
+        ctx.gradient = gradient
         ctx.recorder = recorder
         ctx.save_for_backward(z, *terms)
         return z.clone()
@@ -88,26 +119,7 @@ class _RuleGradient(torch.autograd.Function):
         z, *terms = ctx.saved_tensors
         if ctx.recorder is not None:
             ctx.recorder(z * grad)
-        grads = []
-        for term, coefficient, mask, denominator in zip(
-                terms, ctx.coefficients, ctx.masks, ctx.denominators):
-            if mask is not None and not (grad * mask).any():
-                grads.append(None)
-                continue
-            # In-place on one fresh buffer: large allocations dominate the cost on CPU.
-            factor = stabilize(term if denominator is None else denominator, ctx.epsilon)
-            if ctx.epsilon == 0:
-                zero = factor == 0
-                factor.masked_fill_(zero, 1.0)
-                torch.div(z, factor, out=factor).masked_fill_(zero, 0.0)
-            else:
-                torch.div(z, factor, out=factor)
-            if coefficient != 1.0:
-                factor.mul_(coefficient)
-            if mask is not None:
-                factor.mul_(mask)
-            grads.append(factor.mul_(grad))
-        return (None, None, None, None, None, None, *grads)
+        return (None, None, None, *ctx.gradient(grad, z, terms))
 
 
 def rule_output(
@@ -115,6 +127,7 @@ def rule_output(
     terms: Sequence[Term],
     epsilon: float,
     recorder: Optional[Callable[[Tensor], None]] = None,
+    gradient: Optional[GradientFn] = None,
 ) -> Tensor:
     """Combine the true output ``z`` with a rule's modified forwards.
 
@@ -132,16 +145,12 @@ def rule_output(
     recorder
         Optional callback receiving the relevance ``z * grad`` at this output during
         the backward pass (layer-wise relevance).
+    gradient
+        A custom gradient for the terms (default: :func:`term_gradient`).
     """
-    return _RuleGradient.apply(
-        z.detach(),
-        epsilon,
-        tuple(t.coefficient for t in terms),
-        tuple(t.mask for t in terms),
-        tuple(None if t.denominator is None else t.denominator.detach() for t in terms),
-        recorder,
-        *[t.output for t in terms],
-    )
+    if gradient is None:
+        gradient = term_gradient(terms, epsilon)
+    return _RuleGradient.apply(z.detach(), gradient, recorder, *[t.output for t in terms])
 
 
 class _RelevanceBridge(torch.autograd.Function):

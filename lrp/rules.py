@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .core import Term, rule_output, surrogate_inputs
+from .core import Term, ratio, rule_output, surrogate_inputs
 from .layers import is_weighted, layer_forward
 
 Params = Dict[str, Optional[Tensor]]
@@ -185,11 +185,14 @@ def _negative(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.clamp(max=0)
 
 
+def _has_negative(a: Tensor) -> bool:
+    return a.numel() > 0 and bool(a.amin() < 0)
+
+
 def _split_forward(module: nn.Module, a: Tensor, w_pos_in: Tensor, w_neg_in: Tensor,
                    bias: Optional[Tensor]) -> Tensor:
     """``F(a+; w_pos_in) + F(a-; w_neg_in) + bias``; skips the a- half when ``a >= 0``."""
-    has_negative = bool((a < 0).any())
-    if not has_negative:
+    if not _has_negative(a):
         return layer_forward(module, a, w_pos_in, bias)
     out = layer_forward(module, a.clamp(min=0), w_pos_in, bias)
     return out + layer_forward(module, a.clamp(max=0), w_neg_in, None)
@@ -278,18 +281,30 @@ class GeneralizedGamma(BasicRule):
 
     def terms(self, module, a, output, params):
         z = output.detach()
-        positive, negative = (z > 0).to(z.dtype), (z < 0).to(z.dtype)
-        if bool((a < 0).any()):
+        if _has_negative(a):
             up = _split_forward(module, a, params["w_up"], params["w_down"], params["b_up"])
             down = _split_forward(module, a, params["w_down"], params["w_up"], params["b_down"])
-            return [Term(up, 1.0, positive), Term(down, 1.0, negative)]
-        # a >= 0: W + g W- = (2 + g) W - (W + g W+), likewise for the bias, so the
-        # negative-output term is (2 + g) z - up: no second extra forward.
-        up = layer_forward(module, a, params["w_up"], params["b_up"])
-        down = (2.0 + self.gamma) * z - up.detach()
-        return [Term(up, 1.0, positive),
-                Term(output, 2.0 + self.gamma, negative, down),
-                Term(up, -1.0, negative, down)]
+            return [Term(up, 1.0, z > 0), Term(down, 1.0, z < 0)]
+        return [Term(layer_forward(module, a, params["w_up"], params["b_up"])), Term(output)]
+
+    def apply(self, module, inputs, output, prepared, recorder=None):
+        terms = self.terms(module, inputs[0], output, prepared)
+        gradient = self._gradient if len(terms) == 2 and terms[1].output is output else None
+        return rule_output(output, terms, self.epsilon, recorder, gradient)
+
+    def _gradient(self, grad, z, terms):
+        # Non-negative input: W + g W- = (2 + g) W - (W + g W+) (likewise the bias), so
+        # the negative-output denominator is (2 + g) z - up, and its gradient flows to
+        # the layer's own output and to ``up``: no second extra forward.  That branch
+        # is skipped when no relevance sits on negative outputs (a ReLU follows).
+        up, _ = terms
+        negative = z < 0
+        if not (negative & (grad != 0)).any():
+            return [ratio(z, up, self.epsilon).mul_(grad), None]
+        upper = ratio(z, up, self.epsilon).masked_fill_(z <= 0, 0.0).mul_(grad)
+        lower = ratio(z, (2.0 + self.gamma) * z - up, self.epsilon)
+        lower.masked_fill_(~negative, 0.0).mul_(grad)
+        return [upper.sub_(lower), lower.mul_(2.0 + self.gamma)]
 
 
 class Flat(BasicRule):
@@ -337,10 +352,10 @@ class ZBox(BasicRule):
     def __init__(self, low: Union[float, Tensor], high: Union[float, Tensor],
                  epsilon: float = 1e-6):
         super().__init__(epsilon)
-        self.low = torch.as_tensor(low, dtype=torch.get_default_dtype()) \
-            if not isinstance(low, Tensor) else low.detach()
-        self.high = torch.as_tensor(high, dtype=torch.get_default_dtype()) \
-            if not isinstance(high, Tensor) else high.detach()
+        # float64 so that Python-float bounds keep their precision for float64 inputs
+        self.low = low.detach() if isinstance(low, Tensor) else torch.tensor(low, dtype=torch.float64)
+        self.high = (high.detach() if isinstance(high, Tensor)
+                     else torch.tensor(high, dtype=torch.float64))
         try:
             ordered = bool((self.low <= self.high).all())
         except RuntimeError as err:
