@@ -3,8 +3,10 @@
     python benchmarks/speed.py [--models vgg16 resnet50] [--batch 8] [--repeats 5]
 
 For each model the plain gradient pass (forward + ``autograd.grad`` to the input)
-and each composite are timed on the same batch, after a warm-up, as the median of
-``--repeats`` runs; the table gives seconds and the ratio to the gradient pass.
+and each composite are timed on the same batch after a warm-up.  Each repeat times
+the gradient pass and the method back to back, and the ratio of the pair is taken,
+so that load changes on the machine cancel; the table gives the median seconds and
+the median of the paired ratios.
 """
 from __future__ import annotations
 
@@ -22,14 +24,23 @@ from lrp.composites import (Composite, EpsilonAlpha2Beta1, EpsilonGammaBox, Epsi
 from lrp.rules import Epsilon
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def paired(base, method, repeats: int):
+    """Median seconds of ``method`` and median ratio to ``base`` over paired repeats."""
+    base()
+    method()  # warm-up
+    times, ratios = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        b = _time(base)
+        m = _time(method)
+        times.append(m)
+        ratios.append(m / b)
+    return statistics.median(times), statistics.median(ratios)
 
 
 def gradient_pass(model, x, target):
@@ -63,16 +74,17 @@ def main() -> None:
         x = torch.randn(args.batch, 3, args.size, args.size)
         with torch.no_grad():
             target = model(x).argmax(1)
-        base = median_time(gradient_pass(model, x, target), args.repeats)
-        print(f"{name:<10} {'gradient':<22} {base:8.3f} {1.0:6.2f}")
+        base = gradient_pass(model, x, target)
+        seconds, _ = paired(base, base, args.repeats)
+        print(f"{name:<10} {'gradient':<22} {seconds:8.3f} {1.0:6.2f}", flush=True)
         for label, make in composites.items():
             composite = make()
             composite.canonizers = [MergeBatchNorm()]
             for audit in ("off", "warn"):
-                t = median_time(lambda: explain(model, x, composite, target, audit=audit),
-                                args.repeats)
+                seconds, ratio = paired(
+                    base, lambda: explain(model, x, composite, target, audit=audit), args.repeats)
                 print(f"{name:<10} {label + ('' if audit == 'off' else ' +audit'):<22} "
-                      f"{t:8.3f} {t / base:6.2f}", flush=True)
+                      f"{seconds:8.3f} {ratio:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -369,7 +369,14 @@ class ZBox(BasicRule):
 
     def prepare(self, module):
         w = module.weight.detach()
-        return {"weight": w, "w+": w.clamp(min=0), "w-": w.clamp(max=0)}
+        params = {"weight": w, "w+": w.clamp(min=0), "w-": w.clamp(max=0)}
+        if getattr(module, "groups", 1) == 1:
+            # One layer call on the inputs stacked along the channel axis instead of
+            # three: the input-channel axis of the weight is 1 (0 for transposed conv).
+            axis = 0 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 1
+            params["stacked"] = torch.cat([w, -params["w+"], -params["w-"]], dim=axis)
+            params["input_axis"] = -1 if isinstance(module, nn.Linear) else 1
+        return params
 
     def _bound(self, bound: Tensor, a: Tensor) -> Tensor:
         b = bound.to(device=a.device, dtype=a.dtype)
@@ -385,6 +392,9 @@ class ZBox(BasicRule):
 
     def terms(self, module, a, output, params):
         low, high = surrogate_inputs(a, [self._bound(self.low, a), self._bound(self.high, a)])
+        if "stacked" in params and a.dim() > 1:
+            stacked = torch.cat([a, low, high], dim=params["input_axis"])
+            return [Term(layer_forward(module, stacked, params["stacked"], None))]
         z = (layer_forward(module, a, params["weight"], None)
              - layer_forward(module, low, params["w+"], None)
              - layer_forward(module, high, params["w-"], None))
