@@ -23,8 +23,6 @@ from typing import (Dict, Iterator, List, Mapping, Optional, Sequence,
 import torch
 from torch import nn
 
-from torchvision.ops.misc import SqueezeExcitation
-
 from . import rules as R
 from .attach import attach_rules, execution_order
 from .canonizers import Canonizer, apply_canonizers
@@ -43,9 +41,14 @@ BatchNorm = (nn.modules.batchnorm._BatchNorm,)
 #: Element-wise activations other than ReLU; they get the identity rule (Pass).
 Activation = (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softplus, nn.ELU, nn.LeakyReLU,
               nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.CELU, nn.SELU, nn.Hardtanh)
-#: Blocks that scale their input by a gate computed from it (squeeze-excitation):
-#: the gate is treated as a constant, so relevance passes through unchanged (Pass).
-Gating = (SqueezeExcitation,)
+
+
+def gating_types() -> Tuple[Type[nn.Module], ...]:
+    """Blocks that scale their input by a gate computed from it (torchvision's
+    squeeze-excitation): presets treat the gate as a constant, so relevance passes
+    through unchanged (Pass).  Imported lazily: torchvision is slow to import."""
+    from torchvision.ops.misc import SqueezeExcitation
+    return (SqueezeExcitation,)
 Dropout = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
@@ -398,7 +401,7 @@ def _base(epsilon: float, conv_rule: R.Rule) -> GlobalTypeMap:
         (AvgPooling, R.Norm()),
         (BatchNorm, R.Pass()),
         (Activation, R.Pass()),
-        (Gating, R.Pass()),
+        (gating_types(), R.Pass()),
         ((nn.LayerNorm, LayerNormalization), R.LayerNormRule()),
         (LayerNormAffine, R.Epsilon(epsilon)),
     ])
@@ -470,5 +473,5 @@ __all__ = [
     "LastLayerTypeMap", "FirstNTypeMap", "EpsilonGammaBox", "EpsilonPlus",
     "EpsilonAlpha2Beta1", "EpsilonPlusFlat", "EpsilonAlpha2Beta1Flat",
     "ExcitationBackprop", "GuidedBackprop", "Convolution", "Dense", "Linear",
-    "AvgPooling", "BatchNorm", "Activation", "Gating", "Dropout",
+    "AvgPooling", "BatchNorm", "Activation", "gating_types", "Dropout",
 ]
