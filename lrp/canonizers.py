@@ -151,18 +151,20 @@ def _fused(layer: nn.Module, bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
         gamma = bn.weight.to(work) if bn.weight is not None else torch.ones_like(var)
         beta = bn.bias.to(work) if bn.bias is not None else torch.zeros_like(var)
         scale = gamma / torch.sqrt(var + bn.eps)
-        w = weight.to(work)
+        # the per-channel scale in high precision, the weight product in its own dtype
+        w = weight
+        scale_w = scale.to(dtype)
         if isinstance(layer, _TRANSPOSE_TYPES):
             # weight: (in, out // groups, *kernel); output channel g * (out//groups) + j
             groups = layer.groups
             in_ch, out_per_group = w.shape[0], w.shape[1]
             kernel = w.shape[2:]
             w = w.reshape(groups, in_ch // groups, out_per_group, *kernel)
-            s = scale.reshape(groups, 1, out_per_group, *([1] * len(kernel)))
+            s = scale_w.reshape(groups, 1, out_per_group, *([1] * len(kernel)))
             new_w = (w * s).reshape(weight.shape)
         else:
             # weight: (out, in [// groups], *kernel)
-            new_w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
+            new_w = w * scale_w.reshape(-1, *([1] * (w.dim() - 1)))
         bias = layer.bias.to(work) if layer.bias is not None else torch.zeros_like(mean)
         new_b = (bias - mean) * scale + beta
     return new_w.to(dtype), new_b.to(dtype)

@@ -79,8 +79,12 @@ class Term:
     denominator: Optional[Tensor] = None
 
 
-#: ``gradient(grad, z, terms) -> [gradient for each term]`` (``None`` skips a term).
-GradientFn = Callable[[Tensor, Tensor, Sequence[Tensor]], Sequence[Optional[Tensor]]]
+#: ``gradient(grad, z, terms, rectified) -> [gradient for each term]`` (``None`` skips a
+#: term).  ``rectified`` is True when every consumer of the output is a ReLU (the
+#: incoming gradient vanishes wherever ``z <= 0``), False when some consumer is not,
+#: and None when unknown (see :func:`mark_rectified`).
+GradientFn = Callable[[Tensor, Tensor, Sequence[Tensor], Optional[bool]],
+                      Sequence[Optional[Tensor]]]
 
 
 def term_gradient(terms: Sequence[Term], epsilon: float) -> GradientFn:
@@ -88,7 +92,7 @@ def term_gradient(terms: Sequence[Term], epsilon: float) -> GradientFn:
     specs = [(t.coefficient, t.mask, None if t.denominator is None else t.denominator.detach())
              for t in terms]
 
-    def gradient(grad, z, outputs):
+    def gradient(grad, z, outputs, rectified):
         grads: list = []
         for output, (coefficient, mask, denominator) in zip(outputs, specs):
             if mask is not None and not (mask & (grad != 0)).any():
@@ -119,7 +123,8 @@ class _RuleGradient(torch.autograd.Function):
         z, *terms = ctx.saved_tensors
         if ctx.recorder is not None:
             ctx.recorder(z * grad)
-        return (None, None, None, *ctx.gradient(grad, z, terms))
+        rectified = getattr(ctx, "rectified", None)
+        return (None, None, None, *ctx.gradient(grad, z, terms, rectified))
 
 
 def rule_output(
@@ -266,6 +271,26 @@ def surrogate_inputs(a: Tensor, surrogates: Sequence[Tensor], epsilon: float = 1
     if not a.requires_grad:
         return tuple(s.detach() for s in surrogates)
     return _RelevanceBridge.apply(a, epsilon, *[s.detach() for s in surrogates])
+
+
+_RECTIFIERS = ("ReluBackward", "ThresholdBackward")
+
+
+def mark_rectified(root) -> None:
+    """Flag the rule nodes of a graph whose every consumer is a ReLU.
+
+    Their incoming gradient vanishes wherever the output is not positive, which lets
+    sign-dependent rules skip the work for negative outputs.  Called by
+    :func:`lrp.explain` once per forward (one walk over the graph).
+    """
+    consumers: dict = {}
+    for node in graph_nodes(root, lambda n: False):
+        for child, _ in node.next_functions:
+            if child is not None:
+                consumers.setdefault(child, []).append(node)
+    for node, users in consumers.items():
+        if type(node).__name__ == "_RuleGradientBackward":
+            node.rectified = all(u.name().startswith(_RECTIFIERS) for u in users)
 
 
 def graph_nodes(root, stop: Callable[[object], bool]) -> Iterator[object]:

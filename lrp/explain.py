@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .attach import execution_order, run_model
 from .audit import AuditReport, Auditor, handle_report
 from .composites import Composite
-from .core import Trace, safe_divide, tracing
+from .core import Trace, mark_rectified, safe_divide, tracing
 
 Target = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
 
@@ -223,6 +223,8 @@ def explain(
         if not isinstance(output, Tensor) or output.dim() != 2:
             raise ValueError("the model must return a (batch, classes) tensor, got "
                              f"{getattr(output, 'shape', type(output))}")
+        if output.grad_fn is not None:
+            mark_rectified(output.grad_fn)
         report = None
         if auditor is not None:
             report = auditor.report(output, trace.calls, attachment.mapping or {})

@@ -292,19 +292,23 @@ class GeneralizedGamma(BasicRule):
         gradient = self._gradient if len(terms) == 2 and terms[1].output is output else None
         return rule_output(output, terms, self.epsilon, recorder, gradient)
 
-    def _gradient(self, grad, z, terms):
+    def _gradient(self, grad, z, terms, rectified):
         # Non-negative input: W + g W- = (2 + g) W - (W + g W+) (likewise the bias), so
         # the negative-output denominator is (2 + g) z - up, and its gradient flows to
         # the layer's own output and to ``up``: no second extra forward.  That branch
-        # is skipped when no relevance sits on negative outputs (a ReLU follows).
+        # is skipped when no relevance sits on negative outputs (a ReLU follows; when
+        # the graph was not inspected, the incoming gradient is checked).
         up, _ = terms
-        negative = z < 0
-        if not (negative & (grad != 0)).any():
+        if rectified or (rectified is None
+                         and not torch.logical_and(z < 0, grad != 0).any()):
             return [ratio(z, up, self.epsilon).mul_(grad), None]
-        upper = ratio(z, up, self.epsilon).masked_fill_(z <= 0, 0.0).mul_(grad)
-        lower = ratio(z, (2.0 + self.gamma) * z - up, self.epsilon)
-        lower.masked_fill_(~negative, 0.0).mul_(grad)
-        return [upper.sub_(lower), lower.mul_(2.0 + self.gamma)]
+        positive = z > 0
+        denominator = torch.mul(z, 2.0 + self.gamma).sub_(up)
+        torch.where(positive, up, denominator, out=denominator)
+        factor = ratio(z, denominator, self.epsilon).mul_(grad)
+        lower = factor.masked_fill(positive, 0.0)  # the z < 0 part (factor is 0 at z = 0)
+        # up receives +factor where z > 0 and -factor where z < 0
+        return [factor.sub_(lower, alpha=2.0), lower.mul_(2.0 + self.gamma)]
 
 
 class Flat(BasicRule):
@@ -421,7 +425,7 @@ class Pass(Rule):
                 f"Pass needs a module whose output has its input's shape; "
                 f"{type(module).__name__} maps {tuple(getattr(a, 'shape', ()))} to "
                 f"{tuple(output.shape)}")
-        if not a.requires_grad:
+        if a is output or not a.requires_grad:  # e.g. a BatchNorm merged by a canonizer
             return output
         return rule_output(output, [Term(a)], self.epsilon, recorder)
 
