@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -79,52 +79,74 @@ class Term:
     denominator: Optional[Tensor] = None
 
 
-#: ``gradient(grad, z, terms, rectified) -> [gradient for each term]`` (``None`` skips a
-#: term).  ``rectified`` is True when every consumer of the output is a ReLU (the
-#: incoming gradient vanishes wherever ``z <= 0``), False when some consumer is not,
-#: and None when unknown (see :func:`mark_rectified`).
-GradientFn = Callable[[Tensor, Tensor, Sequence[Tensor], Optional[bool]],
-                      Sequence[Optional[Tensor]]]
+class Gradient:
+    """How a rule turns the incoming ratio into gradients for its terms.
+
+    :meth:`forward` runs in the forward pass, while the true output ``z`` is intact,
+    and returns the tensors :meth:`backward` needs (the output itself is not kept:
+    later in-place operations may change it).  :meth:`backward` returns one gradient
+    per term, ``None`` to skip a term's branch of the graph.
+
+    ``rectified`` is True when every consumer of the output is a ReLU (the incoming
+    gradient vanishes wherever ``z <= 0``), False when some consumer is not, and None
+    when unknown (see :func:`mark_rectified`).
+    """
+
+    def forward(self, z: Tensor, outputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def backward(self, grad: Tensor, saved: Sequence[Tensor],
+                 rectified: Optional[bool]) -> List[Optional[Tensor]]:
+        raise NotImplementedError
 
 
-def term_gradient(terms: Sequence[Term], epsilon: float) -> GradientFn:
+class TermGradient(Gradient):
     """The generic rule gradient: ``coef_k * mask_k * grad * z / stab(d_k)`` per term."""
-    specs = [(t.coefficient, t.mask, None if t.denominator is None else t.denominator.detach())
-             for t in terms]
 
-    def gradient(grad, z, outputs, rectified):
-        grads: list = []
-        for output, (coefficient, mask, denominator) in zip(outputs, specs):
-            if mask is not None and not (mask & (grad != 0)).any():
-                grads.append(None)
-                continue
-            factor = ratio(z, output if denominator is None else denominator, epsilon)
+    def __init__(self, terms: Sequence[Term], epsilon: float):
+        self.specs = [(t.coefficient, t.mask,
+                       None if t.denominator is None else t.denominator.detach())
+                      for t in terms]
+        self.epsilon = epsilon
+
+    def forward(self, z, outputs):
+        factors = []
+        for output, (coefficient, mask, denominator) in zip(outputs, self.specs):
+            factor = ratio(z, output if denominator is None else denominator, self.epsilon)
             if coefficient != 1.0:
                 factor.mul_(coefficient)
             if mask is not None:
                 factor.masked_fill_(~mask, 0.0)
-            grads.append(factor.mul_(grad))
-        return grads
-    return gradient
+            factors.append(factor)
+        return tuple(factors)
+
+    def backward(self, grad, saved, rectified):
+        return [None if mask is not None and not (mask & (grad != 0)).any() else factor * grad
+                for factor, (_, mask, _) in zip(saved, self.specs)]
 
 
 class _RuleGradient(torch.autograd.Function):
-    """Value: the true output ``z``.  Gradients to the terms: ``gradient(grad, z, terms)``."""
+    """Value: the true output ``z`` (passed in ``holder``, so it is returned without a
+    copy).  Gradients to the terms: ``gradient.backward``."""
 
     @staticmethod
-    def forward(ctx, z, gradient, recorder, *terms):  # type: ignore[override]
+    def forward(ctx, holder, gradient, recorder, *terms):  # type: ignore[override]
+        z = holder[0]
         ctx.gradient = gradient
         ctx.recorder = recorder
-        ctx.save_for_backward(z, *terms)
-        return z.clone()
+        saved = gradient.forward(z, terms)
+        ctx.n_saved = len(saved)
+        ctx.save_for_backward(*saved, *([z.clone()] if recorder is not None else []))
+        return z
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        z, *terms = ctx.saved_tensors
+        saved = ctx.saved_tensors
         if ctx.recorder is not None:
-            ctx.recorder(z * grad)
+            ctx.recorder(saved[-1] * grad)
         rectified = getattr(ctx, "rectified", None)
-        return (None, None, None, *ctx.gradient(grad, z, terms, rectified))
+        grads = ctx.gradient.backward(grad, saved[:ctx.n_saved], rectified)
+        return (None, None, None, *grads)
 
 
 def rule_output(
@@ -132,7 +154,7 @@ def rule_output(
     terms: Sequence[Term],
     epsilon: float,
     recorder: Optional[Callable[[Tensor], None]] = None,
-    gradient: Optional[GradientFn] = None,
+    gradient: Optional[Gradient] = None,
 ) -> Tensor:
     """Combine the true output ``z`` with a rule's modified forwards.
 
@@ -142,7 +164,8 @@ def rule_output(
     Parameters
     ----------
     z
-        The module's true output (only its value is used).
+        The module's true output (only its value is used; it is returned detached
+        from its own graph, sharing its storage).
     terms
         The rule's modified forwards, see :class:`Term`.
     epsilon
@@ -151,11 +174,11 @@ def rule_output(
         Optional callback receiving the relevance ``z * grad`` at this output during
         the backward pass (layer-wise relevance).
     gradient
-        A custom gradient for the terms (default: :func:`term_gradient`).
+        A custom gradient for the terms (default: :class:`TermGradient`).
     """
     if gradient is None:
-        gradient = term_gradient(terms, epsilon)
-    return _RuleGradient.apply(z.detach(), gradient, recorder, *[t.output for t in terms])
+        gradient = TermGradient(terms, epsilon)
+    return _RuleGradient.apply([z.detach()], gradient, recorder, *[t.output for t in terms])
 
 
 class _RelevanceBridge(torch.autograd.Function):

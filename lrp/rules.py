@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .core import Term, ratio, rule_output, surrogate_inputs
+from .core import Gradient, Term, ratio, rule_output, stabilize, surrogate_inputs
 from .layers import is_weighted, layer_forward
 
 Params = Dict[str, Optional[Tensor]]
@@ -289,19 +289,36 @@ class GeneralizedGamma(BasicRule):
 
     def apply(self, module, inputs, output, prepared, recorder=None):
         terms = self.terms(module, inputs[0], output, prepared)
-        gradient = self._gradient if len(terms) == 2 and terms[1].output is output else None
+        gradient = (_SignedGammaGradient(self.gamma, self.epsilon)
+                    if len(terms) == 2 and terms[1].output is output else None)
         return rule_output(output, terms, self.epsilon, recorder, gradient)
 
-    def _gradient(self, grad, z, terms, rectified):
-        # Non-negative input: W + g W- = (2 + g) W - (W + g W+) (likewise the bias), so
-        # the negative-output denominator is (2 + g) z - up, and its gradient flows to
-        # the layer's own output and to ``up``: no second extra forward.  That branch
-        # is skipped when no relevance sits on negative outputs (a ReLU follows; when
-        # the graph was not inspected, the incoming gradient is checked).
-        up, _ = terms
-        if rectified or (rectified is None
-                         and not torch.logical_and(z < 0, grad != 0).any()):
-            return [ratio(z, up, self.epsilon).mul_(grad), None]
+
+class _SignedGammaGradient(Gradient):
+    """Generalized gamma for a non-negative input, from one extra forward ``up``.
+
+    W + g W- = (2 + g) W - (W + g W+) (likewise the bias), so the negative-output
+    denominator is ``(2 + g) z - up`` and its gradient flows to the layer's own output
+    and to ``up``.  That branch is skipped when no relevance sits on negative outputs
+    (a ReLU follows; when the graph was not inspected, the incoming gradient is
+    checked).
+    """
+
+    def __init__(self, gamma: float, epsilon: float):
+        self.gamma = gamma
+        self.epsilon = epsilon
+
+    def forward(self, z, outputs):
+        up = outputs[0]
+        return up, ratio(z, up, self.epsilon)
+
+    def backward(self, grad, saved, rectified):
+        up, factor = saved
+        if rectified is True:
+            return [factor * grad, None]
+        z = factor * stabilize(up, self.epsilon)  # signs exact, values to rounding
+        if rectified is None and not torch.logical_and(z < 0, grad != 0).any():
+            return [factor * grad, None]
         positive = z > 0
         denominator = torch.mul(z, 2.0 + self.gamma).sub_(up)
         torch.where(positive, up, denominator, out=denominator)
