@@ -19,9 +19,10 @@ import torchvision
 
 from lrp import explain
 from lrp.canonizers import MergeBatchNorm
-from lrp.composites import (Composite, EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlusFlat,
-                            GlobalTypeMap, Linear)
-from lrp.rules import Epsilon
+from lrp.composites import (AvgPooling, BatchNorm, Composite, Convolution, Dense,
+                            EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlusFlat,
+                            FirstLayerTypeMap, GlobalTypeMap, Linear)
+from lrp.rules import Epsilon, Gamma, Norm, Pass, ZBox
 
 
 def _time(fn) -> float:
@@ -63,6 +64,12 @@ def main() -> None:
         "LRP-epsilon": lambda: Composite(GlobalTypeMap([(Linear, Epsilon(1e-6))]),
                                          name="LRP-epsilon"),
         "EpsilonGammaBox": lambda: EpsilonGammaBox(-3.0, 3.0),
+        # the published Gamma on convolutions (as Zennit): faster on ResNets, but its
+        # denominators cross zero on residual branches
+        "EGB, plain Gamma": lambda: Composite(
+            GlobalTypeMap([(Convolution, Gamma(0.25)), (Dense, Epsilon(1e-6)),
+                           (AvgPooling, Norm()), (BatchNorm, Pass())]),
+            FirstLayerTypeMap([(Linear, ZBox(-3.0, 3.0))]), name="EGB, plain Gamma"),
         "EpsilonPlusFlat": lambda: EpsilonPlusFlat(),
         "EpsilonAlpha2Beta1": lambda: EpsilonAlpha2Beta1(),
     }

@@ -323,7 +323,7 @@ class _SignedGammaGradient(Gradient):
         denominator = torch.mul(z, 2.0 + self.gamma).sub_(up)
         torch.where(positive, up, denominator, out=denominator)
         factor = ratio(z, denominator, self.epsilon).mul_(grad)
-        lower = factor.masked_fill(positive, 0.0)  # the z < 0 part (factor is 0 at z = 0)
+        lower = torch.where(positive, 0.0, factor)  # the z < 0 part (factor is 0 at z = 0)
         # up receives +factor where z > 0 and -factor where z < 0
         return [factor.sub_(lower, alpha=2.0), lower.mul_(2.0 + self.gamma)]
 
