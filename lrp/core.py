@@ -36,11 +36,6 @@ def stabilize(denominator: Tensor, epsilon: float) -> Tensor:
     return denominator.abs().add_(epsilon).copysign_(denominator)
 
 
-def safe_divide(numerator: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
-    """``numerator / stabilize(denominator, epsilon)``, with ``x / 0 := 0``."""
-    return ratio(numerator, denominator, epsilon)
-
-
 def ratio(z: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
     """``z / stabilize(denominator, epsilon)`` in one fresh buffer (``x / 0 := 0``).
 
@@ -199,7 +194,7 @@ class _RelevanceBridge(torch.autograd.Function):
     def backward(ctx, *grads):  # type: ignore[override]
         a, *surrogates = ctx.saved_tensors
         relevance = sum(s * g for s, g in zip(surrogates, grads) if g is not None)
-        return (safe_divide(relevance, a, ctx.epsilon), None, *([None] * len(surrogates)))
+        return (ratio(relevance, a, ctx.epsilon), None, *([None] * len(surrogates)))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from .attach import execution_order, run_model
 from .audit import AuditReport, Auditor, handle_report
 from .composites import Composite
-from .core import Trace, mark_rectified, safe_divide, tracing
+from .core import Trace, mark_rectified, ratio, tracing
 
 Target = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
 
@@ -108,13 +108,13 @@ def _seeds(output: Tensor, target: Target, t: Optional[Tensor], normalize: bool)
         relevance = target(out)  # type: ignore[operator]
         if not isinstance(relevance, Tensor) or relevance.shape != out.shape:
             raise ValueError("a target function must return a tensor of the output's shape")
-        return [safe_divide(relevance, out, 1e-12)]
+        return [ratio(relevance, out, 1e-12)]
     columns = t.unsqueeze(1) if t.dim() == 1 else t
     seeds = []
     for k in range(columns.shape[1]):
         seed = torch.zeros_like(out).scatter_(1, columns[:, k:k + 1], 1.0)
         if normalize:
-            seed = seed * safe_divide(torch.ones_like(out), out, 1e-12)
+            seed = seed * ratio(torch.ones_like(out), out, 1e-12)
         seeds.append(seed)
     return seeds
 

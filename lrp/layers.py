@@ -80,7 +80,7 @@ def layer_forward(module: nn.Module, x: Tensor, weight: Optional[Tensor] = None,
         fn = _REGISTRY.get(layer_type)  # type: ignore[arg-type]
         if fn is not None:
             if weight is None:
-                weight = module.weight  # type: ignore[assignment]
+                raise TypeError(f"{type(module).__name__} needs its (modified) weight")
             return fn(module, x, weight, bias)
     if weight is not None:
         raise TypeError(f"no parameterised forward registered for {type(module).__name__}")

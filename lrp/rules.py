@@ -128,6 +128,8 @@ class BasicRule(Rule):
         if params is None and not self._modifies_input():
             return [Term(output)]
         x = self.modify_input(a)
+        if params is None and is_weighted(module):
+            params = _params(module)
         if params is None:
             return [Term(layer_forward(module, x))]
         return [Term(layer_forward(module, x, params["weight"], params["bias"]))]

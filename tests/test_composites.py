@@ -121,3 +121,34 @@ def test_attached_without_example_resolves_on_first_forward():
     assert x.grad is not None
     for m in model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
+
+
+def test_custom_rules_from_building_blocks():
+    from lrp.rules import BasicRule
+
+    class MyGamma(BasicRule):  # the README's example
+        def __init__(self, gamma=0.5):
+            super().__init__(epsilon=1e-6)
+            self.gamma = gamma
+
+        def modify_parameter(self, param, name):
+            return param + self.gamma * param.clamp(min=0)
+
+    class PositiveInput(BasicRule):
+        def modify_input(self, a):
+            return a.clamp(min=0)
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3)).double()
+    x = X.double()
+    mine = lrp.explain(model, x, Composite(GlobalTypeMap([(Convolution, MyGamma())])))
+    ref = lrp.explain(model, x, Composite(GlobalTypeMap([(Convolution, R.Gamma(0.5))])))
+    torch.testing.assert_close(mine.relevance, ref.relevance)
+    # z+ on the input of a linear layer: R_j = a+_j sum_i W_ij R_i / (W a+ + b)_i
+    lin = nn.Linear(4, 3).double()
+    a = torch.randn(2, 4, dtype=torch.float64)
+    e = lrp.explain(nn.Sequential(lin), a, Composite(GlobalTypeMap([(nn.Linear, PositiveInput(0.0))])),
+                    target=0)
+    ap = a.clamp(min=0)
+    z = lin(a).detach()[:, 0]
+    expected = ap * (lin.weight[0] * (z / (ap @ lin.weight[0] + lin.bias[0]))[:, None])
+    torch.testing.assert_close(e.relevance, expected.detach())
