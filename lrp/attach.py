@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import weakref
-from typing import Dict, List, Mapping, Tuple
+from typing import List, Mapping, Tuple
 
 import torch
 from torch import Tensor, nn
