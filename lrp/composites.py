@@ -42,6 +42,8 @@ BatchNorm = (nn.modules.batchnorm._BatchNorm,)
 Activation = (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softplus, nn.ELU, nn.LeakyReLU,
               nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.CELU, nn.SELU, nn.Hardtanh)
 
+Dropout = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
 
 def gating_types() -> Tuple[Type[nn.Module], ...]:
     """Blocks that scale their input by a gate computed from it (torchvision's
@@ -49,7 +51,6 @@ def gating_types() -> Tuple[Type[nn.Module], ...]:
     through unchanged (Pass).  Imported lazily: torchvision is slow to import."""
     from torchvision.ops.misc import SqueezeExcitation
     return (SqueezeExcitation,)
-Dropout = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
 @dataclass

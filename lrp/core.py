@@ -64,14 +64,11 @@ class Term:
         Optional boolean tensor (broadcastable to the output) selecting where this
         term applies.  When the incoming gradient vanishes on the whole mask, the
         term's branch of the graph is not evaluated in the backward pass.
-    denominator
-        The value ``z_k`` to normalise by, when it differs from ``output``'s value.
     """
 
     output: Tensor
     coefficient: float = 1.0
     mask: Optional[Tensor] = None
-    denominator: Optional[Tensor] = None
 
 
 class Gradient:
@@ -96,18 +93,16 @@ class Gradient:
 
 
 class TermGradient(Gradient):
-    """The generic rule gradient: ``coef_k * mask_k * grad * z / stab(d_k)`` per term."""
+    """The generic rule gradient: ``coef_k * mask_k * grad * z / stab(z_k)`` per term."""
 
     def __init__(self, terms: Sequence[Term], epsilon: float):
-        self.specs = [(t.coefficient, t.mask,
-                       None if t.denominator is None else t.denominator.detach())
-                      for t in terms]
+        self.specs = [(t.coefficient, t.mask) for t in terms]
         self.epsilon = epsilon
 
     def forward(self, z, outputs):
         factors = []
-        for output, (coefficient, mask, denominator) in zip(outputs, self.specs):
-            factor = ratio(z, output if denominator is None else denominator, self.epsilon)
+        for output, (coefficient, mask) in zip(outputs, self.specs):
+            factor = ratio(z, output, self.epsilon)
             if coefficient != 1.0:
                 factor.mul_(coefficient)
             if mask is not None:
@@ -117,7 +112,7 @@ class TermGradient(Gradient):
 
     def backward(self, grad, saved, rectified):
         return [None if mask is not None and not (mask & (grad != 0)).any() else factor * grad
-                for factor, (_, mask, _) in zip(saved, self.specs)]
+                for factor, (_, mask) in zip(saved, self.specs)]
 
 
 class _RuleGradient(torch.autograd.Function):
