@@ -275,15 +275,20 @@ class GeneralizedGamma(BasicRule):
     def prepare(self, module):
         p = _params(module)
         w, b, g = p["weight"], p["bias"], self.gamma
-        return {
-            "w_up": w + g * w.clamp(min=0), "w_down": w + g * w.clamp(max=0),
-            "b_up": None if b is None else b + g * b.clamp(min=0),
-            "b_down": None if b is None else b + g * b.clamp(max=0),
-        }
+        return {"weight": w, "bias": b, "w_up": w + g * w.clamp(min=0),
+                "b_up": None if b is None else b + g * b.clamp(min=0)}
+
+    def _down(self, params: Params) -> None:
+        """Add ``W + g W-`` and ``b + g b-``, needed only for inputs with negative values."""
+        if "w_down" not in params:
+            w, b, g = params["weight"], params["bias"], self.gamma
+            params["b_down"] = None if b is None else b + g * b.clamp(max=0)
+            params["w_down"] = w + g * w.clamp(max=0)
 
     def terms(self, module, a, output, params):
         z = output.detach()
         if _has_negative(a):
+            self._down(params)
             up = _split_forward(module, a, params["w_up"], params["w_down"], params["b_up"])
             down = _split_forward(module, a, params["w_down"], params["w_up"], params["b_down"])
             return [Term(up, 1.0, z > 0), Term(down, 1.0, z < 0)]
