@@ -43,6 +43,10 @@ class Explanation:
         ``layer_sums=True`` was asked for), keyed by module name.
     audit
         The coverage audit of the forward pass.
+    convergence
+        For methods with a decomposition property, the per-sample (and per-target)
+        error of that property: ``sum(relevance) - (f(x) - f(x_ref))`` for DeepLift,
+        the completeness error for Integrated Gradients; ``None`` otherwise.
     """
 
     relevance: Tensor
@@ -52,6 +56,7 @@ class Explanation:
     layer_relevance: Dict[str, Tensor] = field(default_factory=dict)
     layer_sums: Dict[str, Tensor] = field(default_factory=dict)
     audit: Optional[AuditReport] = None
+    convergence: Optional[Tensor] = None
 
     def conservation(self) -> Tensor:
         """Per-sample (and per-target) sum of the input relevance."""
