@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import weakref
+from functools import partial
 from typing import List, Mapping, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .cache import cached, module_state
 from .core import RuleCall, active_trace
 from .rules import Rule
 
@@ -50,10 +52,15 @@ def _make_hook(name: str, rule: Rule, prepared):
     return hook
 
 
+def _settings(rule: Rule) -> list:
+    return [getattr(rule, f) for f in rule._fields]
+
+
 def attach_rules(model: nn.Module, mapping: Mapping[str, Rule]) -> RuleHandle:
     """Register the rule of each named module as a forward hook.
 
-    Modified parameters are computed here, once.  Modules with ``inplace=True``
+    Modified parameters are computed here, once, and reused by later attaches
+    while the module's parameters are unchanged (see :mod:`lrp.cache`).  Modules with ``inplace=True``
     (activations) are switched to out-of-place while attached, so that rules see
     their true input; :meth:`RuleHandle.remove` switches them back.
     """
@@ -63,7 +70,8 @@ def attach_rules(model: nn.Module, mapping: Mapping[str, Rule]) -> RuleHandle:
         for name, rule in mapping.items():
             module = modules[name]
             with torch.no_grad():
-                prepared = rule.prepare(module)
+                prepared = cached(rule, module, module_state(module, extra=_settings(rule)),
+                                  partial(rule.prepare, module))
             if getattr(module, "inplace", False) is True:
                 module.inplace = False  # type: ignore[assignment]
                 handle._inplace.append(module)
@@ -118,9 +126,9 @@ def execution_order(model: nn.Module, example_input) -> List[str]:
     input signature.
     """
     key = (tuple((n, id(m)) for n, m in model.named_modules()), _signature(example_input))
-    cached = _ORDER_CACHE.get(model)
-    if cached is not None and cached[0] == key:
-        return list(cached[1])
+    hit = _ORDER_CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return list(hit[1])
     order: List[str] = []
     seen = set()
     names = {id(m): n for n, m in model.named_modules()}

@@ -31,7 +31,7 @@ _LINEAR = {
     "UpsampleNearest2D", "UpsampleNearest3D", "UpsampleBilinear2D", "UpsampleLinear1D",
     "ToCopy", "CopySlices", "AsStrided", "Roll", "Flip", "Repeat", "Gather",
     "NativeDropout", "Alias", "Diagonal", "Narrow", "Unfold", "Im2Col", "Col2Im",
-    "PixelShuffle", "PixelUnshuffle", "Tril", "Triu", "Embedding", "Squeeze",
+    "PixelShuffle", "PixelUnshuffle", "Tril", "Triu", "Embedding",
     "Cumsum", "IndexSelect", "MaskedFill", "Where",
 }
 # Bilinear in their arguments: linear when at most one argument carries activations.

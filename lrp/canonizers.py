@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from .cache import cached, module_state
 
 __all__ = [
     "Canonizer", "CanonizerHandle", "MergeBatchNorm", "MergeBatchNormHandle",
@@ -170,6 +173,15 @@ def _fused(layer: nn.Module, bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
     return new_w.to(dtype), new_b.to(dtype)
 
 
+def _parameters(layer: nn.Module, bn: _BatchNorm) -> Tuple[nn.Parameter, nn.Parameter]:
+    """The fused parameters as ``Parameter`` objects with the layer's ``requires_grad``."""
+    weight, bias = _fused(layer, bn)
+    old_weight, old_bias = layer.weight, layer.bias
+    bias_grad = old_bias.requires_grad if old_bias is not None else old_weight.requires_grad
+    return (nn.Parameter(weight, requires_grad=old_weight.requires_grad),
+            nn.Parameter(bias, requires_grad=bias_grad))
+
+
 def _call_counts(model: nn.Module, graph) -> Counter:
     counts: Counter = Counter()
     for node in graph.nodes:
@@ -303,20 +315,20 @@ class MergeBatchNorm(Canonizer):
         fused = []
         for lname, bname in pairs:
             layer, bn = model.get_submodule(lname), model.get_submodule(bname)
-            fused.append((layer, bn, *_fused(layer, bn)))
+            key = module_state(layer, bn, extra=[bn.eps])
+            fused.append((layer, bn, *cached(self, layer, key, partial(_parameters, layer, bn))))
         restore = []
         for layer, bn, weight, bias in fused:
             restore.append(self._swap(layer, bn, weight, bias))
         return MergeBatchNormHandle(restore, list(pairs), traced)
 
     @staticmethod
-    def _swap(layer: nn.Module, bn: nn.Module, weight: Tensor,
-              bias: Tensor) -> Callable[[], None]:
+    def _swap(layer: nn.Module, bn: nn.Module, weight: nn.Parameter,
+              bias: nn.Parameter) -> Callable[[], None]:
         old_weight = layer._parameters["weight"]
         old_bias = layer._parameters["bias"]
-        bias_grad = old_bias.requires_grad if old_bias is not None else old_weight.requires_grad
-        layer._parameters["weight"] = nn.Parameter(weight, requires_grad=old_weight.requires_grad)
-        layer._parameters["bias"] = nn.Parameter(bias, requires_grad=bias_grad)
+        layer._parameters["weight"] = weight
+        layer._parameters["bias"] = bias
         bn.forward = _identity
 
         def restore() -> None:

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .core import Gradient, Term, ratio, rule_output, stabilize, surrogate_inputs
+from .core import Gradient, Term, rule_output, surrogate_inputs
 from .layers import is_weighted, layer_forward
 
 Params = Dict[str, Optional[Tensor]]
@@ -187,7 +187,14 @@ def _negative(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.clamp(max=0)
 
 
+#: Autograd nodes whose outputs are never negative (saves scanning the tensor).
+_NON_NEGATIVE_NODES = frozenset({"ReluBackward0", "SigmoidBackward0",
+                                 "SoftplusBackward0"})
+
+
 def _has_negative(a: Tensor) -> bool:
+    if a.grad_fn is not None and type(a.grad_fn).__name__ in _NON_NEGATIVE_NODES:
+        return False
     return a.numel() > 0 and bool(a.amin() < 0)
 
 
@@ -304,11 +311,15 @@ class GeneralizedGamma(BasicRule):
 class _SignedGammaGradient(Gradient):
     """Generalized gamma for a non-negative input, from one extra forward ``up``.
 
-    W + g W- = (2 + g) W - (W + g W+) (likewise the bias), so the negative-output
-    denominator is ``(2 + g) z - up`` and its gradient flows to the layer's own output
-    and to ``up``.  That branch is skipped when no relevance sits on negative outputs
-    (a ReLU follows; when the graph was not inspected, the incoming gradient is
-    checked).
+    With ``a >= 0``: ``up >= z`` (so ``stab(up) = up + eps`` wherever ``z > 0``), and
+    ``W + g W- = (2 + g) W - (W + g W+)`` (likewise the bias), so the negative-output
+    denominator is ``down = (2 + g) z - up <= z``, below zero wherever ``z < 0``.  Its
+    gradient flows to the layer's own output and to ``up``.  That branch is skipped
+    when no relevance sits on negative outputs (a ReLU follows; when the graph was
+    not inspected, the incoming gradient is checked).
+
+    The forward keeps ``factor = z / (up+ + eps)``: the up-term factor where ``z > 0``,
+    finite everywhere, with the sign of ``z``, and ``z`` is recovered from it.
     """
 
     def __init__(self, gamma: float, epsilon: float):
@@ -317,22 +328,25 @@ class _SignedGammaGradient(Gradient):
 
     def forward(self, z, outputs):
         up = outputs[0]
-        return up, ratio(z, up, self.epsilon)
+        scale = up.clamp(min=0).add_(self.epsilon)
+        return up, torch.div(z, scale, out=scale)
 
     def backward(self, grad, saved, rectified):
         up, factor = saved
-        if rectified is True:
+        if rectified is True or (
+                rectified is None and not torch.logical_and(factor < 0, grad != 0).any()):
             return [factor * grad, None]
-        scale = stabilize(up, self.epsilon)
-        z = factor * scale  # signs exact, values to rounding
-        if rectified is None and not torch.logical_and(z < 0, grad != 0).any():
-            return [factor * grad, None]
-        # Masks as clamps (boolean where() is slow on the CPU): z- / stab((2+g) z - up)
-        # vanishes where z >= 0, z+ / stab(up) where z <= 0.
-        lower = stabilize(torch.mul(z, 2.0 + self.gamma).sub_(up), self.epsilon)
-        torch.div(z.clamp(max=0), lower, out=lower).mul_(grad)
-        upper = z.clamp_(min=0).div_(scale).mul_(grad)
-        return [upper.sub_(lower), lower.mul_(2.0 + self.gamma)]
+        # Masks as clamps (boolean where() is slow on the CPU).  With k = 2 + g and
+        # z- = min(z, 0): the z < 0 term is z- / (down - eps) = z- / (k d), where
+        # d = z- - (up + eps) / k <= -eps / k (clamped there against rounding), and it
+        # vanishes where z >= 0.  Its gradient is k times that to z, minus it to up.
+        k = 2.0 + self.gamma
+        z_neg = up.clamp(min=0).add_(self.epsilon).mul_(factor).clamp_(max=0)
+        lower = torch.sub(z_neg, up, alpha=1.0 / k).sub_(self.epsilon / k)
+        lower.clamp_(max=-self.epsilon / k)
+        lower = torch.div(z_neg, lower, out=lower).mul_(grad)
+        upper = torch.clamp(factor, min=0, out=z_neg).mul_(grad).sub_(lower, alpha=1.0 / k)
+        return [upper, lower]
 
 
 class Flat(BasicRule):
