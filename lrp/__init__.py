@@ -12,6 +12,9 @@ ordinary autograd (see :mod:`lrp.core`).  The main entry point is :func:`explain
     explanation.relevance  # input-shaped
 """
 from .explain import Explanation, explain
+from .gradients import (connection_weights, expected_gradients, gradient, gradient_x_input,
+                        integrated_gradients, occlusion, smoothgrad)
 
 __version__ = "0.1.0"
-__all__ = ["explain", "Explanation", "__version__"]
+__all__ = ["Explanation", "__version__", "connection_weights", "expected_gradients", "explain",
+           "gradient", "gradient_x_input", "integrated_gradients", "occlusion", "smoothgrad"]

@@ -46,7 +46,8 @@ class Explanation:
     convergence
         For methods with a decomposition property, the per-sample (and per-target)
         error of that property: ``sum(relevance) - (f(x) - f(x_ref))`` for DeepLift,
-        the completeness error for Integrated Gradients; ``None`` otherwise.
+        the completeness error for Integrated Gradients and Expected Gradients;
+        ``None`` otherwise.
     """
 
     relevance: Tensor
@@ -246,6 +247,11 @@ def explain(
             for leaf, g in zip(leaves, grads):
                 leaf.grad = g
             if composite.attribution == "gradient":
+                if trace.sinks:
+                    raise ValueError(
+                        f"{composite.name}: a rule at the input (Flat, WSquare or ZBox) "
+                        "returns relevance, not a modified gradient; use it with "
+                        "attribution='relevance'")
                 relevances.append(x.grad if x.grad is not None else torch.zeros_like(x))
             else:
                 relevances.append(trace.input_relevance(x))
