@@ -53,7 +53,7 @@ __all__ = [
     "LOW",
     "HIGH",
     "SIZE",
-    "ACCURACY",
+    "ACCURACY",  # noqa: F822 - provided by the module __getattr__
     "DATA_DIR",
     "WEIGHTS",
     "INFO",

@@ -590,7 +590,8 @@ def save(image: Image.Image, path: Union[str, "os.PathLike[str]"], **kwargs: Any
         The path written.
     """
     if not isinstance(image, Image.Image):
-        raise TypeError(f"save() takes a PIL image (render arrays with heatmap()), got {type(image).__name__}")
+        raise TypeError("save() takes a PIL image (render arrays with heatmap()), "
+                        f"got {type(image).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format=None if path.suffix else "PNG", **kwargs)

@@ -1,0 +1,409 @@
+"""Plots of relevance for tabular and 1-D inputs (matplotlib).
+
+* :func:`plot` -- the relevance of every feature for one sample, as bars (red:
+  positive, blue: negative, as in the heatmaps of :mod:`lrp.image`).
+* :func:`plot_global` -- the distribution of each feature's relevance over a data
+  set, as one box plot per feature.
+
+Both take an :class:`lrp.Explanation` or a relevance array (numpy or torch) and
+return the matplotlib ``Axes`` they drew on (``ax.figure`` is the figure)::
+
+    from lrp import explain
+    from lrp.composites import EpsilonPlus
+    from lrp.plot import plot, plot_global
+
+    explanation = explain(model, x, EpsilonPlus(), target=1)
+    plot(explanation, names, sample=0, top=10).figure.savefig("sample0.png")
+    plot_global(explanation, names).figure.savefig("global.png")
+
+matplotlib is imported only when a plot is drawn; without it, an ``ImportError``
+says how to install it (``pip install 'lrp[plot]'``).  Image-shaped relevance is
+rejected with a pointer to :mod:`lrp.image`.
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from .image import _as_float, _to_numpy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+
+    from .explain import Explanation
+
+__all__ = ["NEGATIVE", "POSITIVE", "plot", "plot_global"]
+
+#: Color of positive relevance (red, as in the ``bwr`` heatmaps).
+POSITIVE = "#d62728"
+#: Color of negative relevance (blue).
+NEGATIVE = "#1f77b4"
+
+_ORDERS = ("abs", "value", "feature")
+_ORIENTATIONS = ("horizontal", "vertical")
+_GIDS = {"boxes": "box", "medians": "median", "whiskers": "whisker", "caps": "cap",
+         "fliers": "flier", "means": "mean"}
+
+RelevanceLike = Union["Explanation", Any]
+
+
+def _pyplot():
+    """Import ``matplotlib.pyplot`` or explain how to install it."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("lrp.plot needs matplotlib, which is not installed; install it with "
+                          "pip install 'lrp[plot]' (or pip install matplotlib)") from err
+    return plt
+
+
+# --------------------------------------------------------------------------- inputs
+def _parts(relevance: RelevanceLike) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Relevance as float64, the explained classes (``None`` for arrays), method name."""
+    if hasattr(relevance, "relevance") and hasattr(relevance, "target"):
+        r = _as_float(relevance.relevance)
+        t = None if relevance.target is None else _to_numpy(relevance.target).astype(np.int64)
+        return r, t, str(getattr(relevance, "method", "") or "")
+    return _as_float(relevance), None, ""
+
+
+def _one_per_feature(r: np.ndarray, where: str) -> np.ndarray:
+    """``r`` (one sample's relevance) as a 1-D vector: one value per feature."""
+    if r.ndim == 2 and r.shape[0] == 1:
+        r = r[0]
+    if r.ndim == 1:
+        return r
+    if r.ndim == 2:
+        raise ValueError(
+            f"{where} has shape {r.shape}: several channels (or targets) per feature. "
+            "These plots show one value per feature: select one (e.g. relevance[:, 0]) or sum "
+            "the channels (relevance.sum(1)) first; for images use lrp.image")
+    raise ValueError(
+        f"{where} has shape {r.shape}, an image or volume; lrp.plot is for tabular and 1-D "
+        "inputs. Use lrp.image.heatmap, lrp.image.overlay or lrp.image.grid for images")
+
+
+def _names(feature_names: Sequence[Any] | None, n: int) -> list:
+    if feature_names is None:
+        return [f"feature {i}" for i in range(n)]
+    names = [str(name) for name in feature_names]
+    if len(names) != n:
+        raise ValueError(f"got {len(names)} feature names for {n} features")
+    return names
+
+
+def _class_label(cls: int | None, class_names: Sequence[Any] | None) -> str:
+    if cls is None:
+        return ""
+    if class_names is not None and 0 <= cls < len(class_names):
+        return f"class {class_names[cls]}"
+    return f"class {cls}"
+
+
+def _order(magnitude: np.ndarray, values: np.ndarray, order: str,
+           top: int | None) -> np.ndarray:
+    """Feature indices to show: the ``top`` largest ``magnitude``, arranged by ``order``
+    (``"abs"``: by ``magnitude``, ``"value"``: by ``values``, both descending)."""
+    if order not in _ORDERS:
+        raise ValueError(f"unknown order {order!r}; expected one of {', '.join(_ORDERS)}")
+    if top is not None:
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1:
+            raise ValueError(f"top must be a positive int, got {top!r}")
+        chosen = np.argsort(-magnitude, kind="stable")[:top]
+    else:
+        chosen = np.arange(len(values))
+    if order == "abs":
+        return chosen[np.argsort(-magnitude[chosen], kind="stable")]
+    if order == "value":
+        return chosen[np.argsort(-values[chosen], kind="stable")]
+    return np.sort(chosen)
+
+
+def _check_orientation(orientation: str) -> bool:
+    if orientation not in _ORIENTATIONS:
+        raise ValueError(f"orientation must be 'horizontal' or 'vertical', got {orientation!r}")
+    return orientation == "horizontal"
+
+
+def _axes(ax: Axes | None, names: list, horizontal: bool) -> Axes:
+    """``ax``, or the axes of a new figure sized for ``names`` (the shown features)."""
+    plt = _pyplot()
+    if ax is not None:
+        return ax
+    n, longest = len(names), max((len(name) for name in names), default=0)
+    if horizontal:  # room for the names on the left, one row per feature
+        size = (min(14.0, max(6.4, 3.5 + 0.08 * longest)), max(2.4, 0.3 * n + 1.3))
+    else:
+        size = (max(4.0, 0.3 * n + 1.5), 4.0 + min(4.0, 0.08 * longest))
+    _, ax = plt.subplots(figsize=size, layout="constrained")
+    return ax
+
+
+def _feature_axis(ax: Axes, names: list, horizontal: bool, numeric: bool) -> None:
+    """Label the feature axis; the first feature is at the top (left when vertical)."""
+    n = len(names)
+    positions = np.arange(n)
+    if horizontal:
+        ax.set_yticks(positions)
+        ax.set_yticklabels(names)
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.axvline(0.0, color="0.3", linewidth=0.8, zorder=0)
+        ax.set_xlabel("relevance")
+    else:
+        if numeric:
+            ax.set_xlabel("feature index")
+        else:
+            ax.set_xticks(positions)
+            ax.set_xticklabels(names, rotation=90)
+        ax.set_xlim(-0.5, n - 0.5)
+        ax.axhline(0.0, color="0.3", linewidth=0.8, zorder=0)
+        ax.set_ylabel("relevance")
+
+
+# --------------------------------------------------------------------------- plots
+def plot(relevance: RelevanceLike, feature_names: Sequence[Any] | None = None, *,
+         sample: int = 0, target: int | None = None, top: int | None = None,
+         order: str = "abs", orientation: str = "horizontal",
+         class_names: Sequence[Any] | None = None,
+         colors: tuple[str, str] = (POSITIVE, NEGATIVE), title: str | None = None,
+         ax: Axes | None = None) -> Axes:
+    """Bar plot of the relevance of every feature for one sample.
+
+    Parameters
+    ----------
+    relevance
+        An :class:`lrp.Explanation` of tabular or 1-D inputs (relevance
+        ``(batch, features)``, ``(batch, 1, length)``, or ``(batch, k, ...)`` when
+        ``k`` classes were explained per sample), or a relevance array / tensor
+        ``(features,)`` (one sample), ``(n, features)`` or ``(n, 1, length)``.
+    feature_names
+        One name per feature; default ``"feature 0"``, ``"feature 1"``, ...
+    sample
+        The sample (row) to show.
+    target
+        The class to show.  For an explanation of several classes per sample,
+        one of that sample's explained classes (default: the first); for an
+        explanation of one class per sample, it must be the explained class
+        (default: that class).  For arrays, which carry no classes, it only
+        labels the title.
+    top
+        Show only the ``top`` features with the largest ``|relevance|``.
+    order
+        ``"abs"`` (default): largest ``|relevance|`` first.  ``"value"``: from the
+        most positive to the most negative.  ``"feature"``: in input order.
+    orientation
+        ``"horizontal"`` (default): one bar per row, the first at the top, names
+        on the left.  ``"vertical"``: one bar per column, the first on the left;
+        with ``order="feature"`` and no names, the x-axis is the feature index
+        (for 1-D signals).
+    class_names
+        Names of the model's classes, for the title.
+    colors
+        Colors of positive and of negative bars (zero is gray).
+    title
+        The axes title; default: the method, sample and class.
+    ax
+        The matplotlib ``Axes`` to draw on; default: a new figure.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes; the bars are ``ax.patches`` in display order, and their
+        lengths are the relevance values.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed.
+    ValueError
+        For image-shaped or multi-channel relevance, a sample or class that is
+        not in the explanation, a wrong number of names, or a bad option.
+    """
+    horizontal = _check_orientation(orientation)
+    r, t, method = _parts(relevance)
+    if r.ndim == 0:
+        raise ValueError("relevance must have one value per feature, got a scalar")
+    rows = r[None] if t is None and r.ndim == 1 else r
+    n = rows.shape[0]
+    if isinstance(sample, bool) or not isinstance(sample, (int, np.integer)) \
+            or not -n <= sample < n:
+        raise ValueError(f"sample must be an int index into {n} samples, got {sample!r}")
+    row = rows[sample]
+    cls = target
+    if t is not None:
+        classes = np.atleast_1d(t[sample])
+        if target is None:
+            if t.ndim == 2 and len(classes) > 1:
+                raise ValueError(f"sample {sample} was explained for classes {classes.tolist()}; "
+                                 "choose one with target=")
+            column = 0
+        elif (classes == target).any():
+            column = int(np.argmax(classes == target))
+        else:
+            raise ValueError(f"sample {sample} was explained for class(es) {classes.tolist()}, "
+                             f"not for class {target}")
+        if t.ndim == 2:
+            row = row[column]
+        cls = int(classes[column])
+    values = _one_per_feature(row, "the relevance of one sample")
+    names = _names(feature_names, len(values))
+    index = _order(np.abs(values), values, order, top)
+    shown = values[index]
+    shown_names = [names[i] for i in index]
+    ax = _axes(ax, shown_names, horizontal)
+    positive, negative = colors
+    bar_colors = [positive if v > 0 else negative if v < 0 else "0.6" for v in shown]
+    positions = np.arange(len(index))
+    if horizontal:
+        ax.barh(positions, shown, height=0.7, color=bar_colors)
+    else:
+        ax.bar(positions, shown, width=0.8 if len(index) < 60 else 1.0, color=bar_colors)
+    _feature_axis(ax, shown_names, horizontal,
+                  numeric=feature_names is None and order == "feature")
+    if title is None:
+        parts = [method, f"sample {sample}", _class_label(cls, class_names)]
+        title = ", ".join(p for p in parts if p)
+        if top is not None and top < len(values):
+            title += f" (top {top} of {len(values)} features)"
+    ax.set_title(title)
+    return ax
+
+
+def _global_rows(relevance: RelevanceLike, target: int | None
+                 ) -> tuple[np.ndarray, int | None, str]:
+    """The ``(n, features)`` relevance of the samples explained for ``target``."""
+    r, t, method = _parts(relevance)
+    cls = target
+    if t is not None and t.ndim == 2 and t.shape[1] == 1:  # one class per sample after all
+        r, t = r[:, 0], t[:, 0]
+    if t is not None:
+        if t.ndim == 2:
+            if target is None:
+                raise ValueError(f"the explanation has {t.shape[1]} classes per sample; "
+                                 "choose one with target=")
+            hit = t == target
+            keep = hit.any(axis=1)
+            if not keep.any():
+                raise ValueError(f"no sample was explained for class {target}")
+            r = r[np.flatnonzero(keep), hit[keep].argmax(axis=1)]
+        else:
+            if target is not None:
+                keep = t == target
+                if not keep.any():
+                    raise ValueError(f"no sample was explained for class {target}; explained "
+                                     f"classes: {np.unique(t).tolist()}")
+                r = r[keep]
+            elif len(np.unique(t)) > 1:
+                warnings.warn(f"the explanation mixes the relevance of classes "
+                              f"{np.unique(t).tolist()}; pass target= to show one class",
+                              stacklevel=3)
+            elif t.size:
+                cls = int(t[0])
+    if r.ndim < 2:
+        raise ValueError(f"plot_global needs relevance of shape (samples, features), got {r.shape}")
+    if r.ndim >= 3:
+        if r.shape[0] == 0:
+            raise ValueError("plot_global needs at least one sample")
+        _one_per_feature(r[0], "the relevance of one sample")  # raises unless (1, F)
+        r = r[:, 0]
+    if r.shape[0] == 0:
+        raise ValueError("plot_global needs at least one sample")
+    return r, cls, method
+
+
+def plot_global(relevance: RelevanceLike, feature_names: Sequence[Any] | None = None, *,
+                target: int | None = None, top: int | None = None, order: str = "abs",
+                orientation: str = "horizontal", class_names: Sequence[Any] | None = None,
+                show_fliers: bool = True, show_means: bool = False,
+                colors: tuple[str, str] = (POSITIVE, NEGATIVE), title: str | None = None,
+                ax: Axes | None = None) -> Axes:
+    """Box plots of each feature's relevance over a data set.
+
+    Each box spans the quartiles of one feature's relevance over the samples, with
+    the median as a line and whiskers to the furthest values within 1.5 times the
+    interquartile range; points beyond are drawn as fliers.  A box is red when the
+    feature's mean relevance is positive and blue when it is negative.
+
+    Parameters
+    ----------
+    relevance
+        An :class:`lrp.Explanation` or a relevance array / tensor
+        ``(samples, features)`` (or ``(samples, 1, length)``).
+    feature_names
+        One name per feature; default ``"feature 0"``, ``"feature 1"``, ...
+    target
+        For an explanation: use only the samples explained for this class (the
+        column of this class when several were explained per sample).  Without
+        it, an explanation of different classes warns, since their relevances
+        mean different things.  For arrays it only labels the title.
+    top
+        Show only the ``top`` features with the largest mean ``|relevance|``.
+    order
+        ``"abs"`` (default): largest mean ``|relevance|`` first.  ``"value"``: by
+        mean relevance, most positive first.  ``"feature"``: in input order.
+    orientation
+        ``"horizontal"`` (default, first feature at the top) or ``"vertical"``.
+    class_names
+        Names of the model's classes, for the title.
+    show_fliers, show_means
+        Draw the outliers beyond the whiskers; mark the mean of each feature.
+    colors
+        Colors of boxes with positive and with negative mean relevance.
+    title
+        The axes title; default: the method, number of samples and class.
+    ax
+        The matplotlib ``Axes`` to draw on; default: a new figure.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes.  The box-plot artists carry the gids ``"box"``, ``"median"``,
+        ``"whisker"``, ``"cap"``, ``"flier"`` and ``"mean"``, in display order.
+
+    Raises
+    ------
+    ImportError
+        If matplotlib is not installed.
+    ValueError
+        For image-shaped or multi-channel relevance, no sample of ``target``, a
+        wrong number of names, or a bad option.
+    """
+    horizontal = _check_orientation(orientation)
+    data, cls, method = _global_rows(relevance, target)
+    names = _names(feature_names, data.shape[1])
+    index = _order(np.abs(data).mean(axis=0), data.mean(axis=0), order, top)
+    means = data[:, index].mean(axis=0)
+    shown_names = [names[i] for i in index]
+    ax = _axes(ax, shown_names, horizontal)
+    positions = np.arange(len(index))
+    kwargs: dict = {"positions": positions, "widths": 0.6, "patch_artist": True,
+                        "showfliers": show_fliers, "showmeans": show_means,
+                        "medianprops": {"color": "black", "linewidth": 1.5},
+                        "flierprops": {"marker": ".", "markersize": 3, "alpha": 0.6},
+                        "meanprops": {"marker": "D", "markersize": 4, "markerfacecolor": "white",
+                                       "markeredgecolor": "black"}}
+    if "orientation" in inspect.signature(ax.boxplot).parameters:  # matplotlib >= 3.10
+        kwargs["orientation"] = "horizontal" if horizontal else "vertical"
+    else:
+        kwargs["vert"] = not horizontal
+    artists = ax.boxplot([data[:, i] for i in index], **kwargs)
+    positive, negative = colors
+    for box, mean in zip(artists["boxes"], means):
+        box.set_facecolor(positive if mean > 0 else negative if mean < 0 else "0.6")
+        box.set_alpha(0.45)
+    for key, gid in _GIDS.items():
+        for artist in artists.get(key, []):
+            artist.set_gid(gid)
+    _feature_axis(ax, shown_names, horizontal, numeric=False)
+    if title is None:
+        parts = [method, f"{data.shape[0]} samples", _class_label(cls, class_names)]
+        title = ", ".join(p for p in parts if p)
+        if top is not None and top < data.shape[1]:
+            title += f" (top {top} of {data.shape[1]} features)"
+    ax.set_title(title)
+    return ax
+
