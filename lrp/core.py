@@ -82,7 +82,14 @@ class Gradient:
     ``rectified`` is True when every consumer of the output is a ReLU (the incoming
     gradient vanishes wherever ``z <= 0``), False when some consumer is not, and None
     when unknown (see :func:`mark_rectified`).
+
+    ``vmap_safe`` says whether :meth:`backward` also works on a gradient batched by
+    ``torch.func.vmap`` (no data-dependent branches, no in-place operations mixing
+    the gradient with saved tensors); batched backward passes (concept relevance,
+    :mod:`lrp.crp`) run the other gradients once per slice of the batch.
     """
+
+    vmap_safe: bool = False
 
     def forward(self, z: Tensor, outputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         raise NotImplementedError
@@ -94,6 +101,8 @@ class Gradient:
 
 class TermGradient(Gradient):
     """The generic rule gradient: ``coef_k * mask_k * grad * z / stab(z_k)`` per term."""
+
+    vmap_safe = True
 
     def __init__(self, terms: Sequence[Term], epsilon: float):
         self.specs = [(t.coefficient, t.mask) for t in terms]
@@ -111,8 +120,44 @@ class TermGradient(Gradient):
         return tuple(factors)
 
     def backward(self, grad, saved, rectified):
-        return [None if mask is not None and not (mask & (grad != 0)).any() else factor * grad
-                for factor, (_, mask) in zip(saved, self.specs)]
+        # Skipping a term whose mask sees no gradient is an optimization; under vmap
+        # the check would be data-dependent control flow, so every term is computed.
+        batched = is_vmapped(grad)
+        return [None if mask is not None and not batched and not (mask & (grad != 0)).any()
+                else factor * grad for factor, (_, mask) in zip(saved, self.specs)]
+
+
+def is_vmapped(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is batched by ``torch.func.vmap`` (e.g. a gradient inside
+    ``vmap(lambda g: torch.autograd.grad(out, x, g))``)."""
+    return torch._C._functorch.is_batchedtensor(tensor)
+
+
+def _unwrap_vmapped(tensor: Tensor) -> tuple[Tensor, int]:
+    """The plain tensor behind a vmapped one (vmap dimension first) and its vmap level."""
+    level = torch._C._functorch.maybe_get_level(tensor)
+    plain, bdim = torch._C._functorch._unwrap_batched(tensor, level)
+    return plain.movedim(bdim, 0), level
+
+
+def _per_slice(fn: Callable[[Tensor], Sequence[Tensor | None]], grad: Tensor
+               ) -> list[Tensor | None]:
+    """Run ``fn`` on each slice of a vmapped ``grad`` as a plain tensor and batch the
+    results again (``None`` results of some slices become zeros).
+
+    For backward code that is not vmap-safe; ops outside ``fn`` stay batched.
+    """
+    plain, level = _unwrap_vmapped(grad)
+    results = [fn(g) for g in plain.unbind(0)]
+    out: list[Tensor | None] = []
+    for column in zip(*results):
+        ref = next((r for r in column if r is not None), None)
+        if ref is None:
+            out.append(None)
+            continue
+        stacked = torch.stack([torch.zeros_like(ref) if r is None else r for r in column])
+        out.append(torch._C._functorch._add_batch_dim(stacked, 0, level))
+    return out
 
 
 class _RuleGradient(torch.autograd.Function):
@@ -132,10 +177,16 @@ class _RuleGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         saved = ctx.saved_tensors
+        batched = is_vmapped(grad)
         if ctx.recorder is not None:
-            ctx.recorder(saved[-1] * grad)
+            # under vmap the recorder gets the plain relevance, vmap dimension first
+            ctx.recorder(saved[-1] * (_unwrap_vmapped(grad)[0] if batched else grad))
         rectified = getattr(ctx, "rectified", None)
-        grads = ctx.gradient.backward(grad, saved[:ctx.n_saved], rectified)
+        factors = saved[:ctx.n_saved]
+        if batched and not ctx.gradient.vmap_safe:
+            grads = _per_slice(lambda g: ctx.gradient.backward(g, factors, rectified), grad)
+        else:
+            grads = ctx.gradient.backward(grad, factors, rectified)
         return (None, None, None, *grads)
 
 
@@ -189,7 +240,12 @@ class _RelevanceBridge(torch.autograd.Function):
     def backward(ctx, *grads):  # type: ignore[override]
         a, *surrogates = ctx.saved_tensors
         relevance = sum(s * g for s, g in zip(surrogates, grads) if g is not None)
-        return (ratio(relevance, a, ctx.epsilon), None, *([None] * len(surrogates)))
+        if isinstance(relevance, Tensor) and is_vmapped(relevance):
+            # ratio() works in place on an unbatched buffer
+            (grad_a,) = _per_slice(lambda r: (ratio(r, a, ctx.epsilon),), relevance)
+        else:
+            grad_a = ratio(relevance, a, ctx.epsilon)
+        return (grad_a, None, *([None] * len(surrogates)))
 
 
 @dataclass
