@@ -3,7 +3,7 @@
 Subcommands::
 
     lrp demo [--out DIR] [--composite NAME] [-n N]
-    lrp heatmap IMAGE... --model SPEC [--composite NAME] [--target INT] [--out DIR]
+    lrp heatmap IMAGE... --model SPEC [--method NAME] [--composite NAME] [--target INT] [--out DIR]
                 [--size H W] [--mean M...] [--std S...] [--grayscale] [--cmap NAME]
                 [--low L] [--high H] [--overlay] [--clip-percentile P] [--no-canonize]
     lrp inspect --model SPEC [--composite NAME] [--size H W] [--grayscale]
@@ -26,6 +26,10 @@ Composite names are the presets of :mod:`lrp.composites` in any case, with or
 without dashes (``epsilon-gamma-box``, ``EpsilonGammaBox``, ...), and ``gradient``
 (gradient x input).  Unless ``--no-canonize`` is given, BatchNorm layers are fused
 into the preceding convolution (:class:`lrp.canonizers.MergeBatchNorm`).
+
+``--method`` picks the attribution method: ``lrp`` (default, with ``--composite``),
+``deeplift`` (Rescale, zero reference), ``gradient``, ``smoothgrad`` (32 noisy copies)
+or ``integrated-gradients`` (32 steps, zero baseline).
 
 Images other than for the demo model are converted to RGB (or grayscale with
 ``--grayscale``), resized to ``--size`` (default 224x224) with a bilinear filter,
@@ -52,7 +56,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
-__all__ = ["main", "build_parser", "CLIError", "COMPOSITES", "make_composite", "load_model"]
+__all__ = ["main", "build_parser", "CLIError", "COMPOSITES", "METHODS", "make_composite",
+           "load_model"]
 
 #: Composite names accepted on the command line -> preset in :mod:`lrp.composites`
 #: (``None``: gradient x input, no composite).
@@ -67,6 +72,25 @@ COMPOSITES: Dict[str, Optional[str]] = {
     "gradient": None,
 }
 _ALIASES = {"gradientxinput": "gradient", "gradient-x-input": "gradient"}
+
+#: Attribution methods of ``lrp heatmap --method``: ``lrp`` uses ``--composite``; the
+#: others are called as ``f(model, x, target)`` (references and baselines: zeros).
+METHODS = ("lrp", "deeplift", "gradient", "smoothgrad", "integrated-gradients")
+
+
+def _run_method(method: str, model: nn.Module, x: Tensor, target: Optional[int]):
+    from . import gradients
+
+    if method == "deeplift":
+        from .deeplift import deeplift
+        return deeplift(model, x, target)
+    if method == "gradient":
+        return gradients.gradient(model, x, target=target)
+    if method == "smoothgrad":
+        return gradients.smoothgrad(model, x, target=target, n=32, seed=0)
+    if method == "integrated-gradients":
+        return gradients.integrated_gradients(model, x, target=target, steps=32)
+    raise CLIError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -376,11 +400,14 @@ def _scripted_check(loaded: LoadedModel, composite) -> None:
                        "model as torchvision:ARCH:WEIGHTS or package.module:factory")
 
 
-def _explain(model: nn.Module, x: Tensor, composite, target: Optional[int], audit: str):
+def _explain(model: nn.Module, x: Tensor, composite, target: Optional[int], audit: str,
+             method: str = "lrp"):
     from . import explain
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if method != "lrp":
+                return _run_method(method, model, x, target)
             return explain(model, x, composite, target, audit=audit)
     except ValueError as err:
         raise CLIError(_first_line(err)) from None
@@ -472,17 +499,23 @@ def cmd_heatmap(args: argparse.Namespace) -> int:
     _check_images(args.images)
     _check_cmap(args.cmap)
     composite_name(args.composite)
+    if args.method not in METHODS:
+        raise CLIError(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
     loaded = load_model(args.model)
     prep = _preprocessing(args, loaded)
     composite = _bounds_and_composite(args, prep)
-    _scripted_check(loaded, composite)
+    if args.method == "lrp":
+        _scripted_check(loaded, composite)
+    elif args.method == "deeplift" and loaded.scripted:
+        raise CLIError(f"{loaded.description}: DeepLift needs module hooks, which TorchScript "
+                       "modules do not have")
     out = Path(args.out)
     seen: Dict[str, int] = {}
     warned = False
     for path in tqdm(args.images, desc="explaining", unit="image", disable=None):
         x = prep(_open_image(path))
         explanation = _explain(loaded.model, x, composite, args.target,
-                               "off" if loaded.scripted else "warn")
+                               "off" if loaded.scripted else "warn", args.method)
         if not warned and explanation.audit is not None and not explanation.audit.ok:
             tqdm.write(f"lrp: warning: {explanation.audit}", file=sys.stderr)
             warned = True
@@ -592,6 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "per image (IMAGE_heatmap.png).")
     heat.add_argument("images", nargs="+", metavar="IMAGE")
     _add_model_options(heat)
+    heat.add_argument("--method", default="lrp", metavar="NAME",
+                      help="attribution method: " + ", ".join(METHODS) + " (default: "
+                           "%(default)s, with --composite)")
     heat.add_argument("--target", type=int, default=None,
                       help="class to explain (default: the predicted class)")
     heat.add_argument("--out", default="lrp-heatmaps", metavar="DIR",

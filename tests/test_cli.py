@@ -143,6 +143,10 @@ def runs(tmp_path_factory):
                           "--composite", "lrp-zero", "--out", tmp / "never"],
         "bad_model": ["heatmap", tmp / "digit.png", "--model", "no-such-model",
                       "--out", tmp / "never"],
+        "bad_method": ["heatmap", tmp / "digit.png", "--model", "demo", "--method", "shap",
+                       "--out", tmp / "never"],
+        "smoothgrad": ["heatmap", tmp / "digit.png", "--model", "demo", "--method",
+                       "smoothgrad", "--out", tmp / "sg-out"],
     }
     procs = {name: _start(args, tmp) for name, args in cases.items()}
     results = {}
@@ -182,6 +186,31 @@ def test_cli_heatmap_on_a_png(runs):
         assert image.size == (256, 256)
 
 
+def test_cli_heatmap_with_another_method(runs):
+    tmp, label, results = runs
+    code, out, err = results["smoothgrad"]
+    assert code == 0, err
+    assert f"class {label}" in out
+    assert _open_png(tmp / "sg-out" / "digit_heatmap.png").size == (256, 256)
+
+
+@pytest.mark.parametrize("method", [m for m in cli.METHODS if m != "lrp"])
+def test_cli_methods_match_the_library(tmp_path, method, monkeypatch):
+    """``--method M`` renders exactly the relevance of the library function."""
+    label = digit_png(tmp_path / "digit.png", index=5)
+    rendered = []
+    monkeypatch.setattr("lrp.image.heatmap", lambda r, *a, **k: rendered.append(r) or
+                        Image.new("RGB", (32, 32)))
+    assert cli.main(["heatmap", str(tmp_path / "digit.png"), "--model", "demo",
+                     "--method", method, "--out", str(tmp_path / "out")]) == 0
+    x = cli._preprocessing(cli.build_parser().parse_args(
+        ["heatmap", "x.png", "--model", "demo"]), cli.load_model("demo"))(
+        Image.open(tmp_path / "digit.png"))
+    expected = cli._run_method(method, demo.load_demo_model(), x, None)
+    assert int(expected.target[0]) == label
+    torch.testing.assert_close(rendered[0], expected.relevance[0])
+
+
 def test_cli_inspect(runs):
     _, _, results = runs
     code, out, err = results["inspect"]
@@ -194,6 +223,7 @@ def test_cli_inspect(runs):
     ("missing_image", "no-such-digit.png"),
     ("bad_composite", "valid names: epsilon-gamma-box, epsilon-plus"),
     ("bad_model", "unknown model spec 'no-such-model'"),
+    ("bad_method", "unknown method 'shap'; valid: lrp, deeplift"),
 ])
 def test_cli_errors(runs, case, message):
     tmp, _, results = runs
