@@ -21,7 +21,7 @@ import lrp
 from lrp import crp
 from lrp import rules as R
 from lrp.canonizers import MergeBatchNorm
-from lrp.composites import (Composite, Convolution, Dense, EpsilonGammaBox, EpsilonPlus,
+from lrp.composites import (Composite, Convolution, Dense, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat,
                             GlobalTypeMap, LayerMap, Linear)
 from lrp.demo import HIGH, LOW, demo_inputs, load_demo_model, prepare_digits
 
@@ -110,6 +110,8 @@ COMPOSITES = {
     "GeneralizedGamma": lambda: Composite(
         GlobalTypeMap([(Convolution, R.GeneralizedGamma(0.25)), (Dense, R.Epsilon())]),
         canonizers=[MergeBatchNorm()]),
+    # Flat at the input: relevance reaches the input only through Flat's own leaf
+    "EpsilonPlusFlat": lambda: EpsilonPlusFlat(canonizers=[MergeBatchNorm()]),
     # Flat on an inner layer: relevance bridged back to the ratio engine
     "AlphaBeta+inner Flat": lambda: Composite(
         GlobalTypeMap([(Linear, R.AlphaBeta(2.0, 1.0))]), LayerMap("features.4", R.Flat()),

@@ -130,7 +130,9 @@ class Forward:
         """Whether relevance from ``start`` reaches ``layer`` (``None``: the input)."""
         nodes = self.reachable(start)
         if layer is None:
-            return any(getattr(n, "variable", None) is self.x for n in nodes)
+            leaves = self.leaves()  # Flat / WSquare at the input do not reach x itself
+            return any(any(getattr(n, "variable", None) is leaf for leaf in leaves)
+                       for n in nodes)
         node = self.outputs[layer].grad_fn
         return node is not None and node in nodes and layer != start
 
