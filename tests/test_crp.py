@@ -250,6 +250,24 @@ def test_resnet18_conditions(resnet):
         close(ce.relevance[:, i], oracle.relevance)
 
 
+def test_resnet18_inner_convolution_excludes_the_bypass(resnet):
+    # layer4.1.conv2 feeds ``out += identity`` (in place); its conditional heatmap is
+    # the relevance through the convolution: the masked backward minus the bypass.
+    # float64: the oracle is a difference of two nearly equal maps
+    resnet = copy.deepcopy(resnet).double()
+    composite = EpsilonPlusFlat(canonizers=[MergeBatchNorm()])
+    torch.manual_seed(4)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    layer, consumer = "layer4.1.conv2", "layer4.1.bn2"
+    ce = crp.attribute(resnet, x, composite, [{layer: [5]}, {layer: list(range(512))}])
+    bypass, _ = masked_explain(resnet, x, composite, {consumer: torch.zeros(1, 512, 1, 1)})
+    oracle, _ = masked_explain(resnet, x, composite, {consumer: channel_mask(512, [5])})
+    close(ce.relevance[:, 0], oracle.relevance - bypass.relevance)
+    e = lrp.explain(resnet, x, composite, record=[layer])
+    close(ce.relevance[:, 1], e.relevance - bypass.relevance)
+    close(ce.relevance[:, 1].sum(), e.layer_relevance[layer].sum(), tol=1e-4)
+
+
 def test_resnet18_attribution_graph(resnet):
     composite = EpsilonGammaBox(-3.0, 3.0, canonizers=[MergeBatchNorm()])
     torch.manual_seed(3)

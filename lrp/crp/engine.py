@@ -12,9 +12,9 @@ product of the retained graph, run for a whole chunk of concepts at once with
 ``benchmarks/crp_speed.py``).  The graph's rule nodes support vmap
 (:mod:`lrp.core`).
 
-Relevance at a layer is ``a * grad`` with ``a`` the layer's output tensor as seen by
-the next operation (after an in-place activation, both ``a`` and ``grad`` are those
-of the activated tensor, and ``a * grad`` is unchanged).
+Relevance at a layer is ``a * grad`` with ``a`` the layer's output tensor.  The next
+operation receives a copy, so in-place operations after the layer (an in-place
+ReLU, ``out += identity``) leave the kept tensor and its autograd node intact.
 """
 from __future__ import annotations
 
@@ -309,6 +309,11 @@ def capture(model: nn.Module, inputs: Tensor, composite: Composite | None,
             outputs[name] = output
             activations[name] = output.detach().clone()
             order[name] = len(order)
+            # The next operation gets a copy: an in-place op there (``out += identity``
+            # in a torchvision ResNet block) would otherwise rewrite the kept tensor and
+            # its autograd node, and the relevance "at the layer" would include the
+            # bypass.
+            return output.clone()
         return hook
 
     auditor = Auditor(model) if audit != "off" else None
