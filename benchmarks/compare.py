@@ -164,9 +164,10 @@ def captum_deeplift(model, x, t) -> Callable[[], Tensor]:
 
 
 def ours_crp(model, x, t, layer: str, n: int) -> Callable[[], Tensor]:
-    from lrp.crp import conditional_heatmaps
+    from lrp.crp import attribute
     composite = EpsilonPlusFlat(canonizers=[MergeBatchNorm()])
-    return lambda: conditional_heatmaps(model, x, composite, layer, list(range(n)), target=t)
+    conditions = [{layer: [c], "y": t} for c in range(n)]
+    return lambda: attribute(model, x, composite, conditions, audit="off").relevance
 
 
 def zennit_crp(model_name, model, x, t, layer: str, n: int) -> Callable[[], Tensor]:
@@ -326,7 +327,23 @@ def agreement(model_name: str) -> List[Tuple[str, str, str]]:
                      f"{ours.sum().item():.4g} / {theirs.sum().item():.4g} / {logit:.4g}"))
     except Exception as err:  # noqa: BLE001
         rows.append((label, f"error: {type(err).__name__}: {str(err)[:80]}", ""))
+    rows.append(crp_agreement(model_name, x))
     return rows
+
+
+def crp_agreement(model_name: str, x: Tensor, n: int = 4) -> Tuple[str, str, str]:
+    """Ours vs zennit-crp: conditional heatmaps of the first ``n`` channels of the CRP
+    layer with EpsilonPlusFlat (float64); the sums are over all ``n`` heatmaps."""
+    label = f"CRP, {n} channels of {CRP_LAYER[model_name]}, EpsilonPlusFlat, vs zennit-crp"
+    model = make_model(model_name).double()
+    t = predicted(model, x)
+    try:
+        ours = ours_crp(model, x, t, CRP_LAYER[model_name], n)()[0].sum(1)  # as zennit-crp
+        theirs = zennit_crp(model_name, model, x, t, CRP_LAYER[model_name], n)()
+        return (label, f"{max_relative_difference(ours, theirs):.1e}",
+                f"{ours.sum().item():.4g} / {theirs.sum().item():.4g}")
+    except Exception as err:  # noqa: BLE001
+        return (label, f"error: {type(err).__name__}: {str(err)[:80]}", "")
 
 
 def deeplift_agreement() -> List[Tuple[str, str]]:
@@ -358,6 +375,21 @@ def deeplift_agreement() -> List[Tuple[str, str]]:
         except Exception as e:  # noqa: BLE001
             rows.append((f"DeepLift on VGG16, {label}", f"error: {type(e).__name__}"))
     return rows
+
+
+#: Rows also given relative to another row of the same table: CRP against one heatmap
+#: of the same library and composite, several targets against one target.
+RELATIVE_TO = {"ours CRP": ("ours EpsilonPlusFlat", "heatmaps"),
+               "zennit-crp CRP": ("zennit EpsilonPlusFlat", "heatmaps"),
+               "ours 10 targets": ("ours EpsilonGammaBox", "x one target")}
+
+
+def relative_note(method: str, ratios: Dict[str, float]) -> str:
+    """``"= 11.8 heatmaps"`` for a row measured against another row's ratio."""
+    for prefix, (other, unit) in RELATIVE_TO.items():
+        if method.startswith(prefix) and method in ratios and ratios.get(other):
+            return f"= {ratios[method] / ratios[other]:.2f} {unit}"
+    return ""
 
 
 def run_cell(method, model_name, model, x, t, base, repeats):
@@ -407,7 +439,7 @@ def main() -> None:
     for model_name in args.models:
         for label, value, sums in agreement(model_name):
             print(f"agreement {model_name:<13} {label:<45} {value}  {sums}", flush=True)
-            peer = "" if "Captum" in label else "ours vs Zennit "
+            peer = "" if "Captum" in label or "CRP" in label else "ours vs Zennit "
             lines.append(f"| {peer}{label} | {model_name} | {value} | {sums} |")
     try:
         for label, value in deeplift_agreement():
@@ -425,9 +457,13 @@ def main() -> None:
             lines += ["", f"## {model_name}, batch {batch}", "",
                       "| method | seconds | ratio to gradient | peak memory (MiB) | note |",
                       "|---|---|---|---|---|"]
+            ratios: Dict[str, float] = {}
             for method in method_names(model_name, batch):
                 seconds, ratio, note = run_cell(method, model_name, model, x, t, base,
                                                 args.repeats)
+                if ratio is not None:
+                    ratios[method] = ratio
+                    note = relative_note(method, ratios)
                 if note:  # a failing peer may leave the model modified: start afresh
                     model = make_model(model_name)
                     base = gradient_pass(model, x, t)
