@@ -12,6 +12,11 @@ from lrp.composites import Composite, EpsilonPlus, GlobalTypeMap, LayerMap
 LAYERS = {
     "conv1d": (lambda: nn.Conv1d(3, 4, 3, padding=1, stride=2), (2, 3, 9)),
     "conv3d": (lambda: nn.Conv3d(2, 3, 2, padding=1), (2, 2, 3, 3, 3)),
+    # 1x1 with stride > 1 (ResNet's downsample) is evaluated on the sliced input
+    "conv1d-1x1-stride3": (lambda: nn.Conv1d(3, 4, 1, stride=3), (2, 3, 10)),
+    "conv2d-1x1-stride2": (lambda: nn.Conv2d(4, 6, 1, stride=2, groups=2), (2, 4, 7, 6)),
+    "conv3d-1x1-stride": (lambda: nn.Conv3d(2, 3, 1, stride=(2, 1, 3), padding="valid"),
+                          (2, 2, 5, 3, 4)),
     "convtranspose1d": (lambda: nn.ConvTranspose1d(3, 2, 3, stride=2, output_padding=1), (2, 3, 5)),
     "convtranspose2d": (lambda: nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1), (2, 2, 4, 4)),
 }

@@ -223,6 +223,7 @@ LAYERS = {
                                               bias=False), (4, 6, 6)),
     "conv-rect-pad2": (lambda: nn.Conv2d(2, 3, (2, 3), stride=(2, 1), padding=(0, 2)),
                        (2, 5, 4)),
+    "conv-1x1-stride2": (lambda: nn.Conv2d(3, 4, 1, stride=2), (3, 7, 6)),
 }
 
 
