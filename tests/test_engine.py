@@ -143,6 +143,31 @@ def test_several_targets_share_one_forward():
     assert len(calls) == 1 + 1  # the forward, plus one sample for the execution order
 
 
+class _Residual(nn.Module):
+    """conv2 feeds a residual sum: relevance on its negative outputs (non-rectified)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 3, 3, padding=1)
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+
+    def forward(self, x):
+        return self.head(x + self.conv2(torch.relu(self.conv1(x))))
+
+
+def test_several_targets_on_a_residual_branch_equal_separate_runs():
+    torch.manual_seed(5)
+    model = _Residual().double().eval()
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    composite = EpsilonGammaBox(-3.0, 3.0)
+    targets = torch.tensor([[0, 2, 4]] * 3)
+    e = lrp.explain(model, x, composite, target=targets, audit="off")
+    for k in range(3):
+        single = lrp.explain(model, x, composite, target=targets[:, k], audit="off").relevance
+        torch.testing.assert_close(e.relevance[:, k], single)
+
+
 def state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
