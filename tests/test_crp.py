@@ -13,7 +13,6 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -23,7 +22,7 @@ from lrp import rules as R
 from lrp.canonizers import MergeBatchNorm
 from lrp.composites import (Composite, Convolution, Dense, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat,
                             GlobalTypeMap, LayerMap, Linear)
-from lrp.demo import HIGH, LOW, demo_inputs, load_demo_model, prepare_digits
+from lrp.demo import HIGH, LOW, demo_inputs, load_demo_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -301,9 +300,9 @@ def test_resnet18_attribution_graph(resnet):
 # ----------------------------------------------------------------------------- datasets
 @pytest.fixture(scope="module")
 def digit_data():
-    data = load_digits()
-    x = prepare_digits(data.images[:300])
-    return TensorDataset(x, torch.as_tensor(data.target[:300]))
+    # the 60 held-out digits shipped with the package (no scikit-learn needed)
+    x, labels = demo_inputs(60)
+    return TensorDataset(x, labels)
 
 
 def test_relevance_and_activation_maximization(digits, digit_data, tmp_path):
