@@ -52,14 +52,18 @@ def module_state(*modules: nn.Module, extra: Sequence[Any] = ()) -> VersionKey:
                                                      *m.buffers(recurse=False))), *extra)
 
 
-def cached(owner: object, module: nn.Module, key: VersionKey, compute: Callable[[], T]) -> T:
-    """``compute()``, reused from ``owner``'s cache while ``module``'s ``key`` is equal."""
-    store = owner.__dict__.get("_lrp_cache")
-    if store is None:
-        store = owner.__dict__["_lrp_cache"] = weakref.WeakKeyDictionary()
-    entry = store.get(module)
+def cached(owner: object, module: nn.Module, key: VersionKey, compute: Callable[[], T],
+           store: str = "_lrp_cache") -> T:
+    """``compute()``, reused from ``owner``'s cache while ``module``'s ``key`` is equal.
+
+    ``store`` names the cache on ``owner``: one entry per module in each.
+    """
+    entries = owner.__dict__.get(store)
+    if entries is None:
+        entries = owner.__dict__[store] = weakref.WeakKeyDictionary()
+    entry = entries.get(module)
     if entry is not None and entry[0] == key:
         return entry[1]
     value = compute()
-    store[module] = (key, value)
+    entries[module] = (key, value)
     return value

@@ -25,14 +25,14 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .cache import cached, module_state
+from .cache import VersionKey, cached, module_state
 
 __all__ = [
     "Canonizer", "CanonizerHandle", "MergeBatchNorm", "MergeBatchNormHandle",
@@ -190,6 +190,21 @@ def _call_counts(model: nn.Module, graph) -> Counter:
     return counts
 
 
+def _structure(model: nn.Module) -> Tuple[Any, ...]:
+    """What the BatchNorm pairs depend on: every submodule, its name, and any forward
+    patched onto an instance (the class forwards are fixed)."""
+    return tuple((name, module, module.__dict__.get("forward"))
+                 for name, module in model.named_modules(remove_duplicate=False))
+
+
+def _find_pairs(model: nn.Module) -> Tuple[List[Tuple[str, str]], bool]:
+    """The ``(layer, bn)`` pairs and whether they came from the fx graph."""
+    try:
+        return _pairs_fx(model), True
+    except Exception:  # noqa: BLE001 - any tracing failure: use the fallback
+        return _pairs_sequential(model), False
+
+
 def _pairs_fx(model: nn.Module) -> List[Tuple[str, str]]:
     """``(layer, bn)`` name pairs from the fx graph; raises if tracing fails."""
     import torch.fx
@@ -302,10 +317,9 @@ class MergeBatchNorm(Canonizer):
             If a BatchNorm to fuse is in training mode (fusion uses the running
             statistics).
         """
-        try:
-            pairs, traced = _pairs_fx(model), True
-        except Exception:  # noqa: BLE001 - any tracing failure: use the fallback
-            pairs, traced = _pairs_sequential(model), False
+        # tracing costs tens of milliseconds on a large model: once per structure
+        pairs, traced = cached(self, model, VersionKey(_structure(model)),
+                               partial(_find_pairs, model), store="_lrp_pairs")
         training = [bn for _, bn in pairs if model.get_submodule(bn).training]
         if training:
             raise ValueError(
