@@ -114,6 +114,14 @@ def run_model(model: nn.Module, inputs):
                          f"{shapes[0] if len(shapes) == 1 else shapes}: {err}") from err
 
 
+def classifier_output(output) -> Tensor:
+    """``output`` if it is a ``(batch, classes)`` tensor, else a clear ValueError."""
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        raise ValueError("the model must return a (batch, classes) tensor, got "
+                         f"{getattr(output, 'shape', type(output))}")
+    return output
+
+
 _ORDER_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, List[str]]]" = \
     weakref.WeakKeyDictionary()
 

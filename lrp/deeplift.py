@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attach import attach_rules, run_model
+from .attach import attach_rules, classifier_output, run_model
 from .audit import AuditReport, CoverageError
 from .core import Trace, tracing
 from .deeplift_rules import (RULES, DeepLiftAuditor, DeepLiftState, activated,
@@ -66,13 +66,6 @@ class _Pass:
     target: Tensor
     reference_output: Tensor  # f(x_ref) of the g reference rows
     audit: Optional[AuditReport]
-
-
-def _model_output(out) -> Tensor:
-    if not isinstance(out, Tensor) or out.dim() != 2:
-        raise ValueError("the model must return a (batch, classes) tensor, got "
-                         f"{getattr(out, 'shape', type(out))}")
-    return out
 
 
 def _handle_audit(report: AuditReport, mode: str) -> None:
@@ -107,14 +100,14 @@ def _deeplift_pass(model: nn.Module, rows: Tensor, refs: Tensor, rule: str,
         stack.enter_context(activated(state))
         state.phase = "reference"
         with torch.no_grad():
-            ref_out = _model_output(run_model(model, refs))
+            ref_out = classifier_output(run_model(model, refs))
         if rule == "rescale":
             leaves: List[Tensor] = [rows.clone().requires_grad_(True)]
             stream = leaves[0]
         else:
             state.phase = "input"
             with torch.no_grad():
-                output = _model_output(run_model(model, rows))
+                output = classifier_output(run_model(model, rows))
             leaves = [delta.clamp(min=0).requires_grad_(True),
                       delta.clamp(max=0).requires_grad_(True)]
             stream = torch.cat(leaves)
@@ -124,7 +117,7 @@ def _deeplift_pass(model: nn.Module, rows: Tensor, refs: Tensor, rule: str,
             stack.callback(auditor.remove)
             auditor.attach()
         with torch.enable_grad(), tracing(trace):
-            out = _model_output(run_model(model, stream))
+            out = classifier_output(run_model(model, stream))
         state.check_consumed()
         ref_rows = ref_out.unsqueeze(1).expand(groups, rows.shape[0] // groups, -1) \
             .reshape(rows.shape[0], -1)

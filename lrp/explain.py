@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .attach import execution_order, run_model
+from .attach import classifier_output, execution_order, run_model
 from .audit import AuditReport, Auditor, handle_report
 from .composites import Composite
 from .core import Trace, mark_rectified, ratio, tracing
@@ -225,10 +225,7 @@ def explain(
             stack.callback(auditor.remove)
             auditor.attach()
         with torch.enable_grad(), tracing(trace):
-            output = run_model(model, x)
-        if not isinstance(output, Tensor) or output.dim() != 2:
-            raise ValueError("the model must return a (batch, classes) tensor, got "
-                             f"{getattr(output, 'shape', type(output))}")
+            output = classifier_output(run_model(model, x))
         if output.grad_fn is not None:
             mark_rectified(output.grad_fn)
         report = None

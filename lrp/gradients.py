@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import rules as R
-from .attach import execution_order, run_model
+from .attach import classifier_output, execution_order, run_model
 from .audit import AuditReport, op_name
 from .composites import Activation, Composite, Dropout
 from .core import graph_nodes
@@ -144,11 +144,7 @@ def _outputs(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     outs = []
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            out = run_model(model, x[start:start + batch_size])
-            if not isinstance(out, Tensor) or out.dim() != 2:
-                raise ValueError("the model must return a (batch, classes) tensor, got "
-                                 f"{getattr(out, 'shape', type(out))}")
-            outs.append(out)
+            outs.append(classifier_output(run_model(model, x[start:start + batch_size])))
     return torch.cat(outs)
 
 
@@ -819,10 +815,7 @@ def connection_weights(model: nn.Module, inputs: Tensor, *, target: Target = Non
                          + ", ".join(unsupported))
     x = inputs.detach()
     with torch.no_grad():
-        output = run_model(model, x)
-    if not isinstance(output, Tensor) or output.dim() != 2:
-        raise ValueError("the model must return a (batch, classes) tensor, got "
-                         f"{getattr(output, 'shape', type(output))}")
+        output = classifier_output(run_model(model, x))
     t = _resolve_target(target, output)
     sample = x[:1].clone().requires_grad_(True)
     handles, inplace = [], []

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..attach import run_model
+from ..attach import classifier_output, run_model
 from ..audit import Auditor, handle_report
 from ..composites import Composite
 from ..core import Trace, graph_nodes, mark_rectified, tracing
@@ -328,10 +328,7 @@ def capture(model: nn.Module, inputs: Tensor, composite: Composite | None,
             stack.callback(auditor.remove)
             auditor.attach()
         with torch.enable_grad(), tracing(trace):
-            output = run_model(model, x)
-        if not isinstance(output, Tensor) or output.dim() != 2:
-            raise ValueError("the model must return a (batch, classes) tensor, got "
-                             f"{getattr(output, 'shape', type(output))}")
+            output = classifier_output(run_model(model, x))
         missing = [n for n in layers if n not in outputs]
         if missing:
             raise ValueError(f"layer(s) {missing} were not called in the forward pass")
