@@ -25,10 +25,8 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -41,6 +39,9 @@ from lrp.composites import (AvgPooling, BatchNorm, Composite, Convolution, Dense
                             EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlusFlat,
                             FirstLayerTypeMap, GlobalTypeMap, Linear)
 from lrp.rules import Epsilon, Gamma, Norm, Pass, ZBox
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from speed import gradient_pass, paired  # noqa: E402  (the timing of benchmarks/speed.py)
 
 LOW, HIGH = -3.0, 3.0
 CRP_LAYER = {"vgg16": "features.28", "resnet50": "layer4.2.conv3",
@@ -127,14 +128,6 @@ def timing_canonize(model_name: str) -> bool:
     return not model_name.startswith(ZENNIT_UNCANONIZED)
 
 
-def gradient_pass(model: nn.Module, x: Tensor, t: Tensor) -> Callable[[], Tensor]:
-    def run():
-        xg = x.detach().requires_grad_(True)
-        out = model(xg)
-        return torch.autograd.grad(out.gather(1, t[:, None]).sum(), xg)[0]
-    return run
-
-
 def forward_pass(model: nn.Module, x: Tensor) -> Callable[[], Tensor]:
     def run():
         with torch.no_grad():
@@ -204,26 +197,7 @@ def ours_multi_target(model, x, k: int, loop: bool) -> Callable[[], Tensor]:
     return lambda: lrp.explain(model, x, composite, targets, audit="off").relevance
 
 
-# --------------------------------------------------------------------------- timing
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def paired(base, method, repeats: int) -> Tuple[float, float]:
-    """Median seconds of ``method`` and median of its paired ratio to ``base``."""
-    base()
-    method()
-    times, ratios = [], []
-    for _ in range(repeats):
-        b = _time(base)
-        m = _time(method)
-        times.append(m)
-        ratios.append(m / b)
-    return statistics.median(times), statistics.median(ratios)
-
+# --------------------------------------------------------------------------- memory
 
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:

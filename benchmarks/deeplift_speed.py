@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 import torch
-import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import gradient_pass, paired  # noqa: E402
+from speed import baseline, paired  # noqa: E402
 
 from lrp.deeplift import deeplift  # noqa: E402
 
@@ -50,13 +49,7 @@ def main() -> None:
           f"{args.size}x{args.size}, median of {args.repeats} paired repeats")
     print(f"{'model':<10} {'method':<30} {'seconds':>8} {'ratio':>6}")
     for name in args.models:
-        model = getattr(torchvision.models, name)(weights=None).eval()
-        x = torch.randn(args.batch, 3, args.size, args.size)
-        with torch.no_grad():
-            target = model(x).argmax(1)
-        base = gradient_pass(model, x, target)
-        seconds, _ = paired(base, base, args.repeats)
-        print(f"{name:<10} {'gradient':<30} {seconds:8.3f} {1.0:6.2f}", flush=True)
+        model, x, target, base = baseline(name, args.batch, args.size, args.repeats, 30)
         for rule in args.rules:
             for audit in ("off", "warn"):
                 seconds, ratio = paired(

@@ -52,6 +52,20 @@ def gradient_pass(model, x, target):
     return run
 
 
+def baseline(name: str, batch: int, size: int, repeats: int, width: int):
+    """torchvision's ``name`` (random weights, eval), a random batch, its predicted
+    classes and the plain gradient pass; prints the gradient pass's row (method
+    column ``width`` wide) and returns ``(model, x, target, base)``."""
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.randn(batch, 3, size, size)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    base = gradient_pass(model, x, target)
+    seconds, _ = paired(base, base, repeats)
+    print(f"{name:<10} {'gradient':<{width}} {seconds:8.3f} {1.0:6.2f}", flush=True)
+    return model, x, target, base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["vgg16", "resnet50"])
@@ -77,13 +91,7 @@ def main() -> None:
           f"median of {args.repeats}")
     print(f"{'model':<10} {'method':<22} {'seconds':>8} {'ratio':>6}")
     for name in args.models:
-        model = getattr(torchvision.models, name)(weights=None).eval()
-        x = torch.randn(args.batch, 3, args.size, args.size)
-        with torch.no_grad():
-            target = model(x).argmax(1)
-        base = gradient_pass(model, x, target)
-        seconds, _ = paired(base, base, args.repeats)
-        print(f"{name:<10} {'gradient':<22} {seconds:8.3f} {1.0:6.2f}", flush=True)
+        model, x, target, base = baseline(name, args.batch, args.size, args.repeats, 22)
         for label, make in composites.items():
             composite = make()
             composite.canonizers = [MergeBatchNorm()]
