@@ -37,8 +37,9 @@ CELL = 160  # 5 x 32: the 32x32 maps are enlarged by an integer factor
 _NEAREST = getattr(Image, "Resampling", Image).NEAREST
 
 
-def titled(image: Image.Image, lines: Sequence[str], size: int = 18) -> Image.Image:
-    """``image`` below a white band with ``lines`` of text."""
+def titled(image: Image.Image, lines: Sequence[str], size: int = 18,
+           color: Sequence[int] = (0, 0, 0)) -> Image.Image:
+    """``image`` below a white band with ``lines`` of text in ``color``."""
     try:
         font = ImageFont.load_default(size=size)  # scalable font: Pillow >= 10.1
     except TypeError:
@@ -50,7 +51,7 @@ def titled(image: Image.Image, lines: Sequence[str], size: int = 18) -> Image.Im
     canvas.paste(image, (0, band))
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
-        draw.text((8, 6 + i * height), line, fill=(0, 0, 0), font=font)
+        draw.text((8, 6 + i * height), line, fill=tuple(color), font=font)
     return canvas
 
 

@@ -25,12 +25,11 @@ import argparse
 import sys
 import time
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from skimage import data as skdata
 
 from lrp import explain
@@ -44,28 +43,13 @@ from lrp.cli import (
 )
 from lrp.image import grid, heatmap, overlay, save
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_composites import titled  # noqa: E402
+
 DEFAULT_OUT = Path(__file__).resolve().parent / "output"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 CELL = 256
 _BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
-
-
-def titled(image: Image.Image, lines: Sequence[str], size: int = 18,
-           color: Sequence[int] = (0, 0, 0)) -> Image.Image:
-    """``image`` below a white band with ``lines`` of text."""
-    try:
-        font = ImageFont.load_default(size=size)  # scalable font: Pillow >= 10.1
-    except TypeError:
-        font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    height = measure.textbbox((0, 0), "Ag", font=font)[3] + 6
-    band = len(lines) * height + 8
-    canvas = Image.new("RGB", (image.width, image.height + band), (255, 255, 255))
-    canvas.paste(image, (0, band))
-    draw = ImageDraw.Draw(canvas)
-    for i, line in enumerate(lines):
-        draw.text((8, 6 + i * height), line, fill=tuple(color), font=font)
-    return canvas
 
 
 def square(photo: np.ndarray) -> Image.Image:
