@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .attach import classifier_output, execution_order, run_model
 from .audit import AuditReport, Auditor, handle_report
-from .composites import Composite
+from .composites import Attachment, Composite
 from .core import Trace, mark_rectified, ratio, tracing
 
 Target = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
@@ -125,6 +125,31 @@ def _seeds(output: Tensor, target: Target, t: Optional[Tensor], normalize: bool)
     return seeds
 
 
+def _attach(stack: contextlib.ExitStack, composite: Composite, model: nn.Module,
+            x: Tensor) -> Attachment:
+    """Attach ``composite`` to ``model`` until ``stack`` closes; a composite that rules
+    no module of the model is an error."""
+    attachment = stack.enter_context(composite.attached(model, x))
+    if not attachment.mapping and composite.primitives:
+        raise ValueError(f"{composite.name} assigns no rule to any module of "
+                         f"{type(model).__name__}")
+    return attachment
+
+
+def _finish_forward(output: Tensor, trace: Trace, auditor: Optional[Auditor],
+                    attachment: Attachment, audit: str) -> Optional[AuditReport]:
+    """After the forward: flag the rectified rule nodes (one walk over the graph) and,
+    with an ``auditor``, report the operations no rule covers as ``audit`` says."""
+    if output.grad_fn is not None:
+        mark_rectified(output.grad_fn)
+    if auditor is None:
+        return None
+    report = auditor.report(output, trace.calls, attachment.mapping or {})
+    auditor.remove()
+    handle_report(report, audit)
+    return report
+
+
 @contextlib.contextmanager
 def _stripped_softmax(model: nn.Module, order: Optional[Sequence[str]], enabled: bool):
     """Make the model's final softmax/sigmoid module the identity for the block."""
@@ -210,10 +235,7 @@ def explain(
 
     auditor = Auditor(model) if audit != "off" else None
     with contextlib.ExitStack() as stack:
-        attachment = stack.enter_context(composite.attached(model, x))
-        if not attachment.mapping and composite.primitives:
-            raise ValueError(f"{composite.name} assigns no rule to any module of "
-                             f"{type(model).__name__}")
+        attachment = _attach(stack, composite, model, x)
         missing = wanted - set(attachment.mapping or {})
         if missing:
             raise ValueError(f"cannot record {sorted(missing)}: no rule is attached there")
@@ -226,13 +248,7 @@ def explain(
             auditor.attach()
         with torch.enable_grad(), tracing(trace):
             output = classifier_output(run_model(model, x))
-        if output.grad_fn is not None:
-            mark_rectified(output.grad_fn)
-        report = None
-        if auditor is not None:
-            report = auditor.report(output, trace.calls, attachment.mapping or {})
-            auditor.remove()
-            handle_report(report, audit)
+        report = _finish_forward(output, trace, auditor, attachment, audit)
         t = _resolve_target(target, output)
         seeds = _seeds(output, target, t, output_relevance == "normalized")
         relevances = []

@@ -30,10 +30,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attach import classifier_output, run_model
-from ..audit import Auditor, handle_report
+from ..audit import Auditor
 from ..composites import Composite
-from ..core import Trace, graph_nodes, mark_rectified, tracing
-from ..explain import Target, _check_inputs, _resolve_target, _seeds
+from ..core import Trace, graph_nodes, tracing
+from ..explain import Target, _attach, _check_inputs, _finish_forward, _resolve_target, _seeds
 
 #: ``(count, rows)``: ``rows(lo, hi)`` makes gradients ``lo`` to ``hi`` of ``count``.
 Rows = tuple[int, Callable[[int, int], Tensor]]
@@ -318,10 +318,7 @@ def capture(model: nn.Module, inputs: Tensor, composite: Composite | None,
 
     auditor = Auditor(model) if audit != "off" else None
     with contextlib.ExitStack() as stack:
-        attachment = stack.enter_context(composite.attached(model, x))
-        if not attachment.mapping and composite.primitives:
-            raise ValueError(f"{composite.name} assigns no rule to any module of "
-                             f"{type(model).__name__}")
+        attachment = _attach(stack, composite, model, x)
         for name, module in modules.items():
             stack.callback(module.register_forward_hook(keeper(name)).remove)
         if auditor is not None:
@@ -335,12 +332,7 @@ def capture(model: nn.Module, inputs: Tensor, composite: Composite | None,
         for name in layers:
             if not outputs[name].requires_grad:
                 raise ValueError(f"the output of layer {name!r} does not depend on the input")
-        if output.grad_fn is not None:
-            mark_rectified(output.grad_fn)
-        if auditor is not None:
-            report = auditor.report(output, trace.calls, attachment.mapping or {})
-            auditor.remove()
-            handle_report(report, audit)
+        _finish_forward(output, trace, auditor, attachment, audit)
         forward = Forward(x, output, trace, composite, outputs, activations, order,
                           normalized=output_relevance == "normalized")
         yield forward
