@@ -51,7 +51,7 @@ from .core import Trace, tracing
 from .deeplift_rules import (RULES, DeepLiftAuditor, DeepLiftState, activated,
                              check_streams, recording, rules_for, uncovered_message)
 from .explain import Explanation, Target, _check_inputs, _resolve_target, _seeds
-from .gradients import (_baseline, _check_target, _outputs, _pick,
+from .gradients import (_RowSums, _baseline, _check_background, _check_target, _outputs, _pick,
                         _positive_int, _session, _show, _sums)
 
 Reference = Union[None, float, Tensor]
@@ -217,15 +217,6 @@ def deeplift(model: nn.Module, inputs: Tensor, target: Target = None, *,
                        audit=result.audit, convergence=convergence)
 
 
-def _check_background(background: Tensor, inputs: Tensor) -> None:
-    if (not isinstance(background, Tensor) or background.dim() != inputs.dim()
-            or background.shape[1:] != inputs.shape[1:] or background.shape[0] < 1):
-        raise ValueError(f"background must be a tensor (N, {', '.join(map(str, inputs.shape[1:]))})"
-                         f" of reference samples, got {getattr(background, 'shape', background)!r}")
-    if not torch.isfinite(background).all():
-        raise ValueError("background contains NaN or infinite values")
-
-
 def deeplift_shap(model: nn.Module, inputs: Tensor, background: Tensor,
                   target: Target = None, *, rule: str = "rescale", batch_size: int = 64,
                   progress: Optional[bool] = None, strip_softmax: bool = False,
@@ -271,7 +262,7 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, background: Tensor,
     with _session(model, x, strip_softmax):
         output = _outputs(model, x, batch_size)
         t = _resolve_target(target, output)
-        total: Optional[Tensor] = None
+        total = _RowSums(batch)
         ref_total = torch.zeros_like(output[0])
         mode = audit
         report = None
@@ -285,15 +276,12 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, background: Tensor,
                                         lambda out, t_rows=t_rows: t_rows, mode)
                 if mode != "off":
                     report, mode = result.audit, "off"
-                part = result.relevance.reshape(k, b - a, *result.relevance.shape[1:]).sum(0)
-                if total is None:
-                    total = part.new_zeros((batch,) + part.shape[1:])
-                total[a:b] += part
+                total.add(a, b, result.relevance.reshape(k, b - a, *result.relevance.shape[1:])
+                          .sum(0))
                 if a == 0:
                     ref_total += result.reference_output.sum(0)
                 bar.update(1)
-    assert total is not None
-    relevance = total / count
+    relevance = total.value / count
     reference = (ref_total / count).expand_as(output)
     convergence = _sums(relevance, t) - (_pick(output, t) - _pick(reference, t))
     return Explanation(relevance, output, t, f"DeepLiftShap({rule})", audit=report,

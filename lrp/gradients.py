@@ -228,6 +228,25 @@ def _show(progress: bool | None, chunks: int) -> bool:
     return bool(progress)
 
 
+class _RowSums:
+    """Per-sample sums of values that arrive for row ranges ``a:b`` of a batch; the
+    buffer is made with the first value, when its trailing shape is known."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+        self._total: Tensor | None = None
+
+    def add(self, a: int, b: int, values: Tensor) -> None:
+        if self._total is None:
+            self._total = values.new_zeros((self.batch,) + values.shape[1:])
+        self._total[a:b] += values
+
+    @property
+    def value(self) -> Tensor:
+        assert self._total is not None, "no values were added"
+        return self._total
+
+
 def _run(make_pass: Callable[[int], Tensor], n_passes: int, t: Tensor,
          evaluate: Callable[[Tensor, Tensor], Tensor],
          consume: Callable[[int, int, int, Tensor], None],
@@ -536,24 +555,33 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, *, target: Target = N
         base = _baseline(baseline, x)
         attributor = _Attributor(model, x, composite, "gradient")
         delta = x - base
-        total: Tensor | None = None
+        total = _RowSums(x.shape[0])
 
         def make_pass(p: int) -> Tensor:
             return base + float(alphas[p]) * delta
 
         def consume(p: int, a: int, b: int, v: Tensor) -> None:
-            nonlocal total
-            if total is None:
-                total = v.new_zeros((x.shape[0],) + v.shape[1:])
-            total[a:b] += float(weights[p]) * v
+            total.add(a, b, float(weights[p]) * v)
 
         _run(make_pass, len(alphas), t, attributor, consume, batch_size, progress,
              "IntegratedGradients")
-        relevance = _layout(delta, t) * total
+        relevance = _layout(delta, t) * total.value
         reference = _outputs(model, base, batch_size).expand_as(output)
     convergence = _sums(relevance, t) - (_pick(output, t) - _pick(reference, t))
     return Explanation(relevance, output, t, _method("IntegratedGradients", composite),
                        audit=attributor.audit, convergence=convergence)
+
+
+def _check_background(background: Tensor, inputs: Tensor) -> None:
+    """A clear ValueError unless ``background`` holds N >= 1 finite samples shaped like
+    those of ``inputs``."""
+    if not isinstance(background, Tensor) or background.dim() != inputs.dim() \
+            or background.shape[1:] != inputs.shape[1:] or background.shape[0] < 1:
+        raise ValueError(f"background must be a tensor of N >= 1 samples of shape "
+                         f"{tuple(inputs.shape[1:])}, got "
+                         f"{tuple(background.shape) if isinstance(background, Tensor) else background!r}")
+    if not torch.isfinite(background).all():
+        raise ValueError("background contains NaN or infinite values")
 
 
 def expected_gradients(model: nn.Module, inputs: Tensor, background: Tensor, *,
@@ -597,13 +625,7 @@ def expected_gradients(model: nn.Module, inputs: Tensor, background: Tensor, *,
     n = _positive_int(n, "n")
     level = _noise_level(noise_level)
     generator = _generator(seed)
-    if not isinstance(background, Tensor) or background.shape[1:] != inputs.shape[1:] \
-            or background.shape[0] < 1:
-        raise ValueError(f"background must be a tensor of N >= 1 samples of shape "
-                         f"{tuple(inputs.shape[1:])}, got "
-                         f"{tuple(background.shape) if isinstance(background, Tensor) else background!r}")
-    if not torch.isfinite(background).all():
-        raise ValueError("background contains NaN or infinite values")
+    _check_background(background, inputs)
     with _session(model, inputs, strip_softmax):
         x, output, t = _prepare(model, inputs, target, batch_size)
         bg = background.detach().to(device=x.device, dtype=x.dtype)
@@ -613,7 +635,7 @@ def expected_gradients(model: nn.Module, inputs: Tensor, background: Tensor, *,
         alpha = torch.rand(shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
         sigma = level * _per_sample_range(x)
         attributor = _Attributor(model, x, composite, "gradient")
-        total: Tensor | None = None
+        total = _RowSums(x.shape[0])
 
         def make_pass(p: int) -> Tensor:
             ref = bg[index[p]]
@@ -621,15 +643,12 @@ def expected_gradients(model: nn.Module, inputs: Tensor, background: Tensor, *,
             return z + sigma * _randn(x.shape, generator, x) if level > 0 else z
 
         def consume(p: int, a: int, b: int, v: Tensor) -> None:
-            nonlocal total
-            if total is None:
-                total = v.new_zeros((x.shape[0],) + v.shape[1:])
-            total[a:b] += _layout(x[a:b] - bg[index[p, a:b]], t) * v
+            total.add(a, b, _layout(x[a:b] - bg[index[p, a:b]], t) * v)
 
         _run(make_pass, n, t, attributor, consume, batch_size, progress, "ExpectedGradients")
         used, inverse = index.unique(return_inverse=True)
         reference = _outputs(model, bg[used], batch_size)[inverse].mean(0)
-    relevance = total / n
+    relevance = total.value / n
     convergence = _sums(relevance, t) - (_pick(output, t) - _pick(reference, t))
     return Explanation(relevance, output, t, _method("ExpectedGradients", composite),
                        audit=attributor.audit, convergence=convergence)
