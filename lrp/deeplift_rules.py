@@ -380,6 +380,20 @@ def check_streams(where: str, p: Tensor, n: Tensor, x0: Tensor, x: Tensor) -> No
             f"Linear/Conv/BatchNorm(eval) modules; use rule='rescale' for this model")
 
 
+def _streams(module: nn.Module, s: Tensor) -> Tuple[DeepLiftState, _Call, _Call, Tensor, Tensor]:
+    """For a stream-pass call on ``s`` (positive stream over negative stream): the
+    state, this module's reference and true-input records, and the two streams
+    grouped by reference, checked to add up to ``x - x0``."""
+    state = _state()
+    ref = state.pop("reference", module)
+    true = state.pop("input", module)
+    top, bottom = _halves(s.detach())
+    p, n = state.grouped(top), state.grouped(bottom)
+    check_streams(repr(state.names.get(module, "?")), p, n, ref.input.unsqueeze(1),
+                  state.grouped(true.input))
+    return state, ref, true, p, n
+
+
 class RevealCancel(Rule):
     """DeepLift RevealCancel for an element-wise activation (stream pass).
 
@@ -398,16 +412,10 @@ class RevealCancel(Rule):
         return isinstance(module, ELEMENTWISE)
 
     def apply(self, module, inputs, output, prepared, recorder=None):
-        state = _state()
-        ref = state.pop("reference", module)
-        true = state.pop("input", module)
-        g = state.grouped
         s = inputs[0]
-        rows, bottom = _halves(s.detach())
-        p, n = g(rows), g(bottom)
+        state, ref, true, p, n = _streams(module, s)
         x0, y0 = ref.input.unsqueeze(1), ref.output.unsqueeze(1)
-        x, y = g(true.input), g(true.output)
-        check_streams(repr(state.names.get(module, "?")), p, n, x0, x)
+        x, y = state.grouped(true.input), state.grouped(true.output)
         f_p, f_n = _value(module, x0 + p), _value(module, x0 + n)
         dy_p = (f_p - y0).add_(y - f_n).mul_(0.5)
         dy_n = (f_n - y0).add_(y - f_p).mul_(0.5)
@@ -420,8 +428,9 @@ class RevealCancel(Rule):
 
         m_p = _divide(dy_p.clone(), p, _small(p, x0), limit(p))
         m_n = _divide(dy_n.clone(), n, _small(n, x0), limit(n))
-        z = torch.cat([dy_p.reshape(rows.shape), dy_n.reshape(rows.shape)])
-        m = torch.cat([m_p.reshape(rows.shape), m_n.reshape(rows.shape)])
+        half = (s.shape[0] // 2,) + s.shape[1:]
+        z = torch.cat([dy_p.reshape(half), dy_n.reshape(half)])
+        m = torch.cat([m_p.reshape(half), m_n.reshape(half)])
         return _resplit(rule_output(z, [Term(s)], 0.0, recorder, _Multiplier(m)))
 
 
@@ -433,14 +442,9 @@ class RevealCancelMaxPool(Rule):
         return isinstance(module, MAX_POOLING)
 
     def apply(self, module, inputs, output, prepared, recorder=None):
-        state = _state()
-        ref = state.pop("reference", module)
-        true = state.pop("input", module)
-        g = state.grouped
         s = inputs[0]
-        p, n = (g(h) for h in _halves(s.detach()))
-        check_streams(repr(state.names.get(module, "?")), p, n, ref.input.unsqueeze(1),
-                      g(true.input))
+        state, ref, true, _, _ = _streams(module, s)
+        g = state.grouped
         lam, a, b = _winner_weights(state, true.input, true.output, true.index, ref)
         shape = (s.shape[0] // 2,) + true.output.shape[1:]
 
