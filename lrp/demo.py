@@ -2,9 +2,9 @@
 
 The model classifies scikit-learn's bundled digits (``sklearn.datasets.load_digits``:
 1797 grayscale 8x8 images of the digits 0-9, ink bright on a dark background) and
-needs no download: its weights (``lrp/data/digits_cnn.pt``), its test accuracy
-(``lrp/data/digits_cnn.json``) and a few held-out test digits
-(``lrp/data/digits_samples.npz``) are package data.  It was trained by
+needs no download: its weights (``lrp/assets/digits_cnn.pt``), its test accuracy
+(``lrp/assets/digits_cnn.json``) and a few held-out test digits
+(``lrp/assets/digits_samples.npz``) are package data.  It was trained by
 ``scripts/train_demo.py``.
 
 Preprocessing (the same in training, :func:`demo_inputs` and :func:`preprocess`):
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 #: Directory of the package data.
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent / "assets"
 #: The trained ``state_dict`` of :class:`DigitsCNN`.
 WEIGHTS = DATA_DIR / "digits_cnn.pt"
 #: Training record: test accuracy, split and preprocessing.

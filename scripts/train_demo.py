@@ -1,7 +1,7 @@
 """Train the shipped demo model :class:`lrp.demo.DigitsCNN` on scikit-learn's digits.
 
 Deterministic (seeded, deterministic algorithms, fixed thread count) and fast
-(a few seconds on a CPU).  Writes into ``lrp/data/``:
+(a few seconds on a CPU).  Writes into ``lrp/assets/``:
 
 * ``digits_cnn.pt``: the ``state_dict``,
 * ``digits_cnn.json``: held-out test accuracy, split, preprocessing, training setup,

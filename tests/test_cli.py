@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 import lrp
-from lrp import cli, demo
+from lrp import cli, demo, gradients
+from lrp.deeplift import deeplift
 from lrp.canonizers import MergeBatchNorm
 from lrp.composites import EpsilonGammaBox
 
@@ -194,7 +195,20 @@ def test_cli_heatmap_with_another_method(runs):
     assert _open_png(tmp / "sg-out" / "digit_heatmap.png").size == (256, 256)
 
 
-@pytest.mark.parametrize("method", [m for m in cli.METHODS if m != "lrp"])
+#: What each ``--method`` must compute, written out with the library's functions.
+LIBRARY_METHODS = {
+    "deeplift": lambda model, x: deeplift(model, x),
+    "gradient": lambda model, x: gradients.gradient(model, x),
+    "smoothgrad": lambda model, x: gradients.smoothgrad(model, x, n=32, seed=0),
+    "integrated-gradients": lambda model, x: gradients.integrated_gradients(model, x, steps=32),
+}
+
+
+def test_cli_method_names_are_the_library_methods():
+    assert set(cli.METHODS) == {"lrp"} | set(LIBRARY_METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(LIBRARY_METHODS))
 def test_cli_methods_match_the_library(tmp_path, method, monkeypatch):
     """``--method M`` renders exactly the relevance of the library function."""
     label = digit_png(tmp_path / "digit.png", index=5)
@@ -203,10 +217,8 @@ def test_cli_methods_match_the_library(tmp_path, method, monkeypatch):
                         Image.new("RGB", (32, 32)))
     assert cli.main(["heatmap", str(tmp_path / "digit.png"), "--model", "demo",
                      "--method", method, "--out", str(tmp_path / "out")]) == 0
-    x = cli._preprocessing(cli.build_parser().parse_args(
-        ["heatmap", "x.png", "--model", "demo"]), cli.load_model("demo"))(
-        Image.open(tmp_path / "digit.png"))
-    expected = cli._run_method(method, demo.load_demo_model(), x, None)
+    x = demo.preprocess(Image.open(tmp_path / "digit.png"))
+    expected = LIBRARY_METHODS[method](demo.load_demo_model(), x)
     assert int(expected.target[0]) == label
     torch.testing.assert_close(rendered[0], expected.relevance[0])
 
