@@ -50,9 +50,11 @@ from .audit import AuditReport, CoverageError
 from .core import Trace, tracing
 from .deeplift_rules import (RULES, DeepLiftAuditor, DeepLiftState, activated,
                              check_streams, recording, rules_for, uncovered_message)
-from .explain import Explanation, Target, _check_inputs, _resolve_target, _seeds
-from .gradients import (_RowSums, _baseline, _check_background, _check_target, _outputs, _pick,
-                        _positive_int, _session, _show, _sums)
+from .batching import RowSums, model_outputs, positive_int, show_progress
+from .explanation import Explanation
+from .gradients import _baseline, _check_background, _session
+from .targets import (Target, check_class_target, check_inputs, output_seeds, pick,
+                      resolve_target, target_sums)
 
 Reference = Union[None, float, Tensor]
 
@@ -133,7 +135,7 @@ def _deeplift_pass(model: nn.Module, rows: Tensor, refs: Tensor, rule: str,
             _handle_audit(report, audit)
     t = resolve(output.detach())
     grads: List[List[Tensor]] = []
-    seeds = _seeds(output.detach(), None, t, False)
+    seeds = output_seeds(output.detach(), None, t, False)
     for k, seed in enumerate(seeds):
         if root.requires_grad:
             found = torch.autograd.grad(root, leaves, seed, retain_graph=k < len(seeds) - 1,
@@ -199,8 +201,8 @@ def deeplift(model: nn.Module, inputs: Tensor, target: Target = None, *,
     >>> bool(e.convergence.abs().max() < 1e-3)
     True
     """
-    _check_inputs(inputs)
-    _check_target(target)
+    check_inputs(inputs)
+    check_class_target(target)
     _check_options(rule, audit)
     x = inputs.detach()
     try:
@@ -208,11 +210,11 @@ def deeplift(model: nn.Module, inputs: Tensor, target: Target = None, *,
     except ValueError as err:  # same rules as a baseline; name it as the caller does
         raise ValueError(str(err).replace("baseline", "reference")) from None
     with _session(model, x, strip_softmax):
-        result = _deeplift_pass(model, x, refs, rule, lambda out: _resolve_target(target, out),
+        result = _deeplift_pass(model, x, refs, rule, lambda out: resolve_target(target, out),
                                 audit)
     ref_out = result.reference_output.expand_as(result.output)
-    convergence = _sums(result.relevance, result.target) - (
-        _pick(result.output, result.target) - _pick(ref_out, result.target))
+    convergence = target_sums(result.relevance, result.target) - (
+        pick(result.output, result.target) - pick(ref_out, result.target))
     return Explanation(result.relevance, result.output, result.target, f"DeepLift({rule})",
                        audit=result.audit, convergence=convergence)
 
@@ -245,10 +247,10 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, background: Tensor,
     Explanation
         ``convergence`` is ``sum(R) - (f(x) - 1/N sum_j f(background[j]))``.
     """
-    _check_inputs(inputs)
-    _check_target(target)
+    check_inputs(inputs)
+    check_class_target(target)
     _check_options(rule, audit)
-    batch_size = _positive_int(batch_size, "batch_size")
+    batch_size = positive_int(batch_size, "batch_size")
     _check_background(background, inputs)
     x = inputs.detach()
     bg = background.detach().to(device=x.device, dtype=x.dtype)
@@ -260,14 +262,14 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, background: Tensor,
         chunks = [(j, j + 1, a, min(a + batch_size, batch))
                   for j in range(count) for a in range(0, batch, batch_size)]
     with _session(model, x, strip_softmax):
-        output = _outputs(model, x, batch_size)
-        t = _resolve_target(target, output)
-        total = _RowSums(batch)
+        output = model_outputs(model, x, batch_size)
+        t = resolve_target(target, output)
+        total = RowSums(batch)
         ref_total = torch.zeros_like(output[0])
         mode = audit
         report = None
         with tqdm(total=len(chunks), desc=f"DeepLiftShap({rule})",
-                  disable=not _show(progress, len(chunks))) as bar:
+                  disable=not show_progress(progress, len(chunks))) as bar:
             for j0, j1, a, b in chunks:
                 k = j1 - j0
                 rows = x[a:b].repeat(k, *([1] * (x.dim() - 1)))
@@ -283,7 +285,7 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, background: Tensor,
                 bar.update(1)
     relevance = total.value / count
     reference = (ref_total / count).expand_as(output)
-    convergence = _sums(relevance, t) - (_pick(output, t) - _pick(reference, t))
+    convergence = target_sums(relevance, t) - (pick(output, t) - pick(reference, t))
     return Explanation(relevance, output, t, f"DeepLiftShap({rule})", audit=report,
                        convergence=convergence)
 

@@ -1,9 +1,8 @@
-"""The entry point: :func:`explain` and its result, :class:`Explanation`."""
+"""The entry point of LRP: :func:`explain`."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -11,118 +10,11 @@ from torch import Tensor, nn
 from .attach import classifier_output, execution_order, run_model
 from .audit import AuditReport, Auditor, handle_report
 from .composites import Attachment, Composite
-from .core import Trace, mark_rectified, ratio, tracing
-
-Target = Union[None, int, Sequence[int], Tensor, Callable[[Tensor], Tensor]]
+from .core import Trace, mark_rectified, tracing
+from .explanation import Explanation
+from .targets import Target, check_inputs, output_seeds, resolve_target
 
 _SOFTMAX_LIKE = (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)
-
-
-@dataclass
-class Explanation:
-    """The result of every attribution method.
-
-    Attributes
-    ----------
-    relevance
-        Input-shaped relevance ``(batch, ...)``; with several targets per sample
-        ``(batch, n_targets, ...)``.
-    output
-        The model output ``(batch, classes)`` (logits when the final softmax was
-        stripped).
-    target
-        The explained class per sample ``(batch,)`` or ``(batch, n_targets)``;
-        ``None`` for a custom output-relevance function.
-    method
-        Name of the method / composite.
-    layer_relevance
-        Relevance at the outputs of the requested layers (same leading dims as
-        ``relevance``), keyed by module name.
-    layer_sums
-        Per-sample relevance sum at the output of every ruled layer (when
-        ``layer_sums=True`` was asked for), keyed by module name.
-    audit
-        The coverage audit of the forward pass.
-    convergence
-        For methods with a decomposition property, the per-sample (and per-target)
-        error of that property: ``sum(relevance) - (f(x) - f(x_ref))`` for DeepLift,
-        the completeness error for Integrated Gradients and Expected Gradients;
-        ``None`` otherwise.
-    """
-
-    relevance: Tensor
-    output: Tensor
-    target: Optional[Tensor]
-    method: str = ""
-    layer_relevance: Dict[str, Tensor] = field(default_factory=dict)
-    layer_sums: Dict[str, Tensor] = field(default_factory=dict)
-    audit: Optional[AuditReport] = None
-    convergence: Optional[Tensor] = None
-
-    def conservation(self) -> Tensor:
-        """Per-sample (and per-target) sum of the input relevance."""
-        dims = tuple(range(self.target.dim() if self.target is not None else 1,
-                           self.relevance.dim()))
-        return self.relevance.sum(dim=dims)
-
-    def heatmap(self, **kwargs):
-        """Render the relevance of the first sample as an image (see :func:`lrp.image.heatmap`)."""
-        from .image import heatmap
-        return heatmap(self.relevance[0], **kwargs)
-
-
-def _check_inputs(inputs: Tensor) -> None:
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs must be floating point, got {inputs.dtype}")
-    if inputs.dim() < 2:
-        raise ValueError(f"inputs need a batch dimension, got shape {tuple(inputs.shape)}")
-    if not torch.isfinite(inputs).all():
-        raise ValueError("inputs contain NaN or infinite values")
-
-
-def _resolve_target(target: Target, output: Tensor) -> Optional[Tensor]:
-    batch, classes = output.shape[0], output.shape[1]
-    if callable(target):
-        return None
-    if target is None:
-        return output.argmax(dim=1)
-    t = torch.as_tensor(target, device=output.device)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"targets must be integers, got {t.dtype}")
-    t = t.long()
-    if t.dim() == 0:
-        t = t.expand(batch)
-    elif t.dim() == 1 and t.shape[0] != batch:
-        raise ValueError(f"got {t.shape[0]} targets for a batch of {batch}; give one target "
-                         "per sample, an int, or a (batch, k) tensor for several each")
-    elif t.dim() == 2 and t.shape[0] != batch:
-        raise ValueError(f"several targets need shape (batch={batch}, k), got {tuple(t.shape)}")
-    elif t.dim() > 2:
-        raise ValueError(f"targets must have at most 2 dimensions, got {tuple(t.shape)}")
-    if ((t < 0) | (t >= classes)).any():
-        raise ValueError(f"target out of range: the model has {classes} outputs, "
-                         f"got targets {t.unique().tolist()}")
-    return t
-
-
-def _seeds(output: Tensor, target: Target, t: Optional[Tensor], normalize: bool) -> List[Tensor]:
-    """Gradients to start the backward pass with (one per target column)."""
-    out = output.detach()
-    if t is None:
-        relevance = target(out)  # type: ignore[operator]
-        if not isinstance(relevance, Tensor) or relevance.shape != out.shape:
-            raise ValueError("a target function must return a tensor of the output's shape")
-        return [ratio(relevance, out, 1e-12)]
-    columns = t.unsqueeze(1) if t.dim() == 1 else t
-    seeds = []
-    for k in range(columns.shape[1]):
-        seed = torch.zeros_like(out).scatter_(1, columns[:, k:k + 1], 1.0)
-        if normalize:
-            seed = seed * ratio(torch.ones_like(out), out, 1e-12)
-        seeds.append(seed)
-    return seeds
 
 
 def _attach(stack: contextlib.ExitStack, composite: Composite, model: nn.Module,
@@ -213,7 +105,7 @@ def explain(
     -------
     Explanation
     """
-    _check_inputs(inputs)
+    check_inputs(inputs)
     if output_relevance not in ("logit", "normalized"):
         raise ValueError("output_relevance must be 'logit' or 'normalized'")
     if audit not in ("warn", "strict", "off"):
@@ -249,8 +141,8 @@ def explain(
         with torch.enable_grad(), tracing(trace):
             output = classifier_output(run_model(model, x))
         report = _finish_forward(output, trace, auditor, attachment, audit)
-        t = _resolve_target(target, output)
-        seeds = _seeds(output, target, t, output_relevance == "normalized")
+        t = resolve_target(target, output)
+        seeds = output_seeds(output, target, t, output_relevance == "normalized")
         relevances = []
         for k, seed in enumerate(seeds):
             trace.reset_grads()

@@ -33,30 +33,25 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import sys
-from collections.abc import Iterator, Sequence
-from typing import Callable, Union
+from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from . import rules as R
 from .attach import classifier_output, execution_order, run_model
 from .audit import AuditReport, op_name
 from .composites import Activation, Composite, Dropout
 from .core import graph_nodes
-from .explain import (
-    Explanation,
-    Target,
-    _check_inputs,
-    _resolve_target,
-    _stripped_softmax,
-    explain,
-)
+from .batching import (RowSums, Seed, make_generator, model_outputs, per_sample, positive_int,
+                       randn_like, run_chunked)
+from .explain import _stripped_softmax, explain
+from .explanation import Explanation
+from .targets import (Target, check_class_target, check_inputs, layout, pick, resolve_target,
+                      target_sums)
 
-Seed = Union[None, int, torch.Generator]
 Baseline = Union[None, float, Tensor]
 
 #: SmoothGrad modes.
@@ -71,36 +66,11 @@ _EXACT_AT_INPUT = (R.Flat, R.ZBox)
 
 # --------------------------------------------------------------------------- helpers
 
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def _noise_level(value) -> float:
     value = float(value)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"noise_level must be a finite number >= 0, got {value}")
     return value
-
-
-def _generator(seed: Seed) -> torch.Generator | None:
-    if seed is None or isinstance(seed, torch.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, a torch.Generator or None, got {seed!r}")
-    return torch.Generator().manual_seed(int(seed))
-
-
-def _randn(shape, generator: torch.Generator | None, like: Tensor) -> Tensor:
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
-def _check_target(target: Target) -> None:
-    if callable(target) and not isinstance(target, Tensor):
-        raise TypeError("gradient methods explain class scores: give the target as class "
-                        "indices (a target function is only supported by lrp.explain)")
 
 
 def _no_composite(composite: Composite | None, method: str, why: str) -> None:
@@ -112,40 +82,12 @@ def _method(name: str, composite: Composite | None) -> str:
     return name if composite is None else f"{name}[{composite.name}]"
 
 
-def _layout(x: Tensor, t: Tensor) -> Tensor:
-    """``x`` shaped like the relevance: ``(batch, 1, ...)`` for several targets each."""
-    return x.unsqueeze(1) if t.dim() == 2 else x
-
-
-def _pick(output: Tensor, t: Tensor) -> Tensor:
-    """The explained scores ``(batch,)`` or ``(batch, k)``."""
-    return output.gather(1, t[:, None])[:, 0] if t.dim() == 1 else output.gather(1, t)
-
-
-def _sums(relevance: Tensor, t: Tensor) -> Tensor:
-    return relevance.flatten(t.dim()).sum(-1)
-
-
-def _per_sample(values: Tensor, x: Tensor) -> Tensor:
-    """One value per sample ``(batch,)``, shaped to broadcast against ``x``."""
-    return values.reshape((-1,) + (1,) * (x.dim() - 1))
-
-
 @contextlib.contextmanager
 def _session(model: nn.Module, x: Tensor, strip_softmax: bool):
     """The model as the method sees it: final softmax stripped if asked for."""
     order = execution_order(model, x) if strip_softmax else None
     with _stripped_softmax(model, order, strip_softmax):
         yield
-
-
-def _outputs(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """``model(x)`` without gradients, in chunks of ``batch_size``."""
-    outs = []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            outs.append(classifier_output(run_model(model, x[start:start + batch_size])))
-    return torch.cat(outs)
 
 
 def _check_modified_gradient(model: nn.Module, x: Tensor, composite: Composite) -> None:
@@ -215,106 +157,37 @@ class _Attributor:
         if self.audit_mode != "off":
             self.audit, self.audit_mode = e.audit, "off"
         if self.times_input:
-            e.relevance = e.relevance * _layout(z.detach(), e.target)
+            e.relevance = e.relevance * layout(z.detach(), e.target)
         return e
 
     def __call__(self, z: Tensor, t: Tensor) -> Tensor:
         return self.explain(z, t).relevance
 
 
-def _show(progress: bool | None, chunks: int) -> bool:
-    if progress is None:
-        return chunks > 1 and sys.stderr.isatty()
-    return bool(progress)
-
-
-class _RowSums:
-    """Per-sample sums of values that arrive for row ranges ``a:b`` of a batch; the
-    buffer is made with the first value, when its trailing shape is known."""
-
-    def __init__(self, batch: int):
-        self.batch = batch
-        self._total: Tensor | None = None
-
-    def add(self, a: int, b: int, values: Tensor) -> None:
-        if self._total is None:
-            self._total = values.new_zeros((self.batch,) + values.shape[1:])
-        self._total[a:b] += values
-
-    @property
-    def value(self) -> Tensor:
-        assert self._total is not None, "no values were added"
-        return self._total
-
-
-def _run(make_pass: Callable[[int], Tensor], n_passes: int, t: Tensor,
-         evaluate: Callable[[Tensor, Tensor], Tensor],
-         consume: Callable[[int, int, int, Tensor], None],
-         batch_size: int, progress: bool | None, desc: str) -> None:
-    """Evaluate ``n_passes`` model inputs of shape ``(batch, ...)`` in chunks.
-
-    ``make_pass(p)`` builds pass ``p`` (called once per pass, in order); the rows of
-    all passes are streamed pass-major into chunks of at most ``batch_size`` rows,
-    ``evaluate(rows, targets)`` runs on each chunk and ``consume(p, start, stop,
-    values)`` receives the values of samples ``start:stop`` of pass ``p``.
-    """
-    batch = t.shape[0]
-    chunks = math.ceil(n_passes * batch / batch_size)
-    with tqdm(total=chunks, desc=desc, disable=not _show(progress, chunks)) as bar:
-        for rows, segments in _chunks(make_pass, n_passes, batch, batch_size):
-            values = evaluate(rows, torch.cat([t[a:b] for _, a, b in segments]))
-            offset = 0
-            for p, a, b in segments:
-                consume(p, a, b, values[offset:offset + b - a])
-                offset += b - a
-            bar.update(1)
-
-
-def _chunks(make_pass: Callable[[int], Tensor], n_passes: int, batch: int,
-            batch_size: int) -> Iterator[tuple[Tensor, list[tuple[int, int, int]]]]:
-    pieces: list[Tensor] = []
-    segments: list[tuple[int, int, int]] = []
-    rows = 0
-    for p in range(n_passes):
-        inputs = make_pass(p)
-        start = 0
-        while start < batch:
-            stop = min(batch, start + batch_size - rows)
-            pieces.append(inputs[start:stop])
-            segments.append((p, start, stop))
-            rows += stop - start
-            start = stop
-            if rows == batch_size:
-                yield torch.cat(pieces), segments
-                pieces, segments, rows = [], [], 0
-    if pieces:
-        yield torch.cat(pieces), segments
-
-
 def _prepare(model: nn.Module, inputs: Tensor, target: Target, batch_size: int
              ) -> tuple[Tensor, Tensor, Tensor]:
     """Detached inputs, the model output on them and the resolved targets."""
     x = inputs.detach()
-    output = _outputs(model, x, batch_size)
-    return x, output, _resolve_target(target, output)
+    output = model_outputs(model, x, batch_size)
+    return x, output, resolve_target(target, output)
 
 
 def _validate(inputs: Tensor, target: Target, batch_size: int) -> int:
-    _check_inputs(inputs)
-    _check_target(target)
-    return _positive_int(batch_size, "batch_size")
+    check_inputs(inputs)
+    check_class_target(target)
+    return positive_int(batch_size, "batch_size")
 
 
 def _per_sample_range(x: Tensor) -> Tensor:
     flat = x.flatten(1)
-    return _per_sample(flat.amax(1) - flat.amin(1), x)
+    return per_sample(flat.amax(1) - flat.amin(1), x)
 
 
 # --------------------------------------------------------------------------- gradients
 
 def _single_pass(model, inputs, target, composite, kind, strip_softmax, name) -> Explanation:
-    _check_inputs(inputs)
-    _check_target(target)
+    check_inputs(inputs)
+    check_class_target(target)
     with _session(model, inputs, strip_softmax):
         e = _Attributor(model, inputs, composite, kind).explain(inputs, target)
     return Explanation(e.relevance, e.output, e.target, _method(name, composite), audit=e.audit)
@@ -425,9 +298,9 @@ def smoothgrad(model: nn.Module, inputs: Tensor, *, target: Target = None,
     batch_size = _validate(inputs, target, batch_size)
     if mode not in SMOOTHGRAD_MODES:
         raise ValueError(f"mode must be one of {SMOOTHGRAD_MODES}, got {mode!r}")
-    n = _positive_int(n, "n")
+    n = positive_int(n, "n")
     level = _noise_level(noise_level)
-    generator = _generator(seed)
+    generator = make_generator(seed)
     names = {"mean": "SmoothGrad", "x_input": "SmoothGradXInput",
              "squared": "SmoothGrad^2", "vargrad": "VarGrad"}
     with _session(model, inputs, strip_softmax):
@@ -440,7 +313,7 @@ def smoothgrad(model: nn.Module, inputs: Tensor, *, target: Target = None,
         shift: Tensor | None = None
 
         def make_pass(p: int) -> Tensor:
-            return x + sigma * _randn(x.shape, generator, x)
+            return x + sigma * randn_like(x.shape, generator, x)
 
         def consume(p: int, a: int, b: int, v: Tensor) -> None:
             nonlocal total, squares, shift
@@ -456,7 +329,7 @@ def smoothgrad(model: nn.Module, inputs: Tensor, *, target: Target = None,
                 squares[a:b] += v * v
             total[a:b] += v * v if mode == "squared" else v
 
-        _run(make_pass, n, t, attributor, consume, batch_size, progress, names[mode])
+        run_chunked(make_pass, n, t, attributor, consume, batch_size, progress, names[mode])
     mean = total / n
     if mode == "vargrad":
         mean = (squares / n - mean * mean).clamp_(min=0)
@@ -476,7 +349,7 @@ def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """
     if method not in IG_METHODS:
         raise ValueError(f"method must be one of {IG_METHODS}, got {method!r}")
-    m = _positive_int(steps, "steps")
+    m = positive_int(steps, "steps")
     i = np.arange(m, dtype=np.float64)
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(m)
@@ -555,7 +428,7 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, *, target: Target = N
         base = _baseline(baseline, x)
         attributor = _Attributor(model, x, composite, "gradient")
         delta = x - base
-        total = _RowSums(x.shape[0])
+        total = RowSums(x.shape[0])
 
         def make_pass(p: int) -> Tensor:
             return base + float(alphas[p]) * delta
@@ -563,11 +436,11 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, *, target: Target = N
         def consume(p: int, a: int, b: int, v: Tensor) -> None:
             total.add(a, b, float(weights[p]) * v)
 
-        _run(make_pass, len(alphas), t, attributor, consume, batch_size, progress,
+        run_chunked(make_pass, len(alphas), t, attributor, consume, batch_size, progress,
              "IntegratedGradients")
-        relevance = _layout(delta, t) * total.value
-        reference = _outputs(model, base, batch_size).expand_as(output)
-    convergence = _sums(relevance, t) - (_pick(output, t) - _pick(reference, t))
+        relevance = layout(delta, t) * total.value
+        reference = model_outputs(model, base, batch_size).expand_as(output)
+    convergence = target_sums(relevance, t) - (pick(output, t) - pick(reference, t))
     return Explanation(relevance, output, t, _method("IntegratedGradients", composite),
                        audit=attributor.audit, convergence=convergence)
 
@@ -622,9 +495,9 @@ def expected_gradients(model: nn.Module, inputs: Tensor, background: Tensor, *,
     Explanation
     """
     batch_size = _validate(inputs, target, batch_size)
-    n = _positive_int(n, "n")
+    n = positive_int(n, "n")
     level = _noise_level(noise_level)
-    generator = _generator(seed)
+    generator = make_generator(seed)
     _check_background(background, inputs)
     with _session(model, inputs, strip_softmax):
         x, output, t = _prepare(model, inputs, target, batch_size)
@@ -635,21 +508,21 @@ def expected_gradients(model: nn.Module, inputs: Tensor, background: Tensor, *,
         alpha = torch.rand(shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
         sigma = level * _per_sample_range(x)
         attributor = _Attributor(model, x, composite, "gradient")
-        total = _RowSums(x.shape[0])
+        total = RowSums(x.shape[0])
 
         def make_pass(p: int) -> Tensor:
             ref = bg[index[p]]
-            z = ref + _per_sample(alpha[p], x) * (x - ref)
-            return z + sigma * _randn(x.shape, generator, x) if level > 0 else z
+            z = ref + per_sample(alpha[p], x) * (x - ref)
+            return z + sigma * randn_like(x.shape, generator, x) if level > 0 else z
 
         def consume(p: int, a: int, b: int, v: Tensor) -> None:
-            total.add(a, b, _layout(x[a:b] - bg[index[p, a:b]], t) * v)
+            total.add(a, b, layout(x[a:b] - bg[index[p, a:b]], t) * v)
 
-        _run(make_pass, n, t, attributor, consume, batch_size, progress, "ExpectedGradients")
+        run_chunked(make_pass, n, t, attributor, consume, batch_size, progress, "ExpectedGradients")
         used, inverse = index.unique(return_inverse=True)
-        reference = _outputs(model, bg[used], batch_size)[inverse].mean(0)
+        reference = model_outputs(model, bg[used], batch_size)[inverse].mean(0)
     relevance = total.value / n
-    convergence = _sums(relevance, t) - (_pick(output, t) - _pick(reference, t))
+    convergence = target_sums(relevance, t) - (pick(output, t) - pick(reference, t))
     return Explanation(relevance, output, t, _method("ExpectedGradients", composite),
                        audit=attributor.audit, convergence=convergence)
 
@@ -669,7 +542,7 @@ def _sizes(value: int | Sequence[int], lead: Sequence[int], shape: Sequence[int]
         raise ValueError(f"{name} {value!r} needs 1 to {len(shape)} entries for samples of "
                          f"shape {tuple(shape)}")
     for v in given:
-        _positive_int(v, name)
+        positive_int(v, name)
     return tuple(lead[:len(shape) - len(given)]) + tuple(int(v) for v in given)
 
 
@@ -744,7 +617,7 @@ def occlusion(model: nn.Module, inputs: Tensor, *, window: int | Sequence[int],
     area = math.prod(win)
     with _session(model, inputs, strip_softmax):
         x, output, t = _prepare(model, inputs, target, batch_size)
-        scores = _pick(output, t)
+        scores = pick(output, t)
         lead = (slice(None),) * t.dim()
         total = x.new_zeros(tuple(t.shape) + shape)
         counts = x.new_zeros(shape)
@@ -757,14 +630,14 @@ def occlusion(model: nn.Module, inputs: Tensor, *, window: int | Sequence[int],
             return occluded
 
         def evaluate(z: Tensor, rows: Tensor) -> Tensor:
-            return _pick(_outputs(model, z, batch_size), rows)
+            return pick(model_outputs(model, z, batch_size), rows)
 
         def consume(p: int, a: int, b: int, v: Tensor) -> None:
             drop = (scores[a:b] - v) / area
             region = total[a:b][lead + windows[p]]
             region += drop.reshape(drop.shape + (1,) * len(shape))
 
-        _run(make_pass, len(windows), t, evaluate, consume, batch_size, progress, "Occlusion")
+        run_chunked(make_pass, len(windows), t, evaluate, consume, batch_size, progress, "Occlusion")
     return Explanation(total / counts, output, t, "Occlusion")
 
 
@@ -822,8 +695,8 @@ def connection_weights(model: nn.Module, inputs: Tensor, *, target: Target = Non
     """
     _no_composite(composite, "connection_weights", "it multiplies weights and ignores "
                   "activations, so there is nothing for rules to change")
-    _check_inputs(inputs)
-    _check_target(target)
+    check_inputs(inputs)
+    check_class_target(target)
     modules = dict(model.named_modules())
     unsupported = [f"{name!r} ({type(modules[name]).__name__})"
                    for name in execution_order(model, inputs)
@@ -835,7 +708,7 @@ def connection_weights(model: nn.Module, inputs: Tensor, *, target: Target = Non
     x = inputs.detach()
     with torch.no_grad():
         output = classifier_output(run_model(model, x))
-    t = _resolve_target(target, output)
+    t = resolve_target(target, output)
     sample = x[:1].clone().requires_grad_(True)
     handles, inplace = [], []
     try:
@@ -867,7 +740,7 @@ def connection_weights(model: nn.Module, inputs: Tensor, *, target: Target = Non
         rows[c] = grad[0] if grad is not None else torch.zeros_like(sample[0])
     weights = torch.stack([rows[c] for c in t.flatten().tolist()]).reshape(
         t.shape + x.shape[1:])
-    relevance = weights * _layout(x, t) if times_input else weights
+    relevance = weights * layout(x, t) if times_input else weights
     return Explanation(relevance, output, t, "ConnectionWeights")
 
 

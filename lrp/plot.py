@@ -34,7 +34,7 @@ from .image import _as_float, _to_numpy
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
 
-    from .explain import Explanation
+    from .explanation import Explanation
 
 __all__ = ["NEGATIVE", "POSITIVE", "plot", "plot_global"]
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .. import image as img
 from ..composites import Composite
-from ..explain import Target
+from ..targets import Target
 from .attribution import ConceptRanking, Concepts, concept_of, top_concepts
 from .maximization import References, reference_samples
 

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from ..composites import Composite
-from ..explain import Explanation, Target
+from ..explanation import Explanation
+from ..targets import Target
 from .concepts import ChannelConcept, Concept
 from .conditions import Condition, parse_conditions, target_key
 from .engine import Forward, capture

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import math
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -33,7 +32,9 @@ from ..attach import classifier_output, run_model
 from ..audit import Auditor
 from ..composites import Composite
 from ..core import Trace, graph_nodes, tracing
-from ..explain import Target, _attach, _check_inputs, _finish_forward, _resolve_target, _seeds
+from ..batching import show_progress
+from ..explain import _attach, _finish_forward
+from ..targets import Target, check_inputs, output_seeds, resolve_target
 
 #: ``(count, rows)``: ``rows(lo, hi)`` makes gradients ``lo`` to ``hi`` of ``count``.
 Rows = tuple[int, Callable[[int, int], Tensor]]
@@ -58,13 +59,6 @@ def check_layers(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]
                 f"; its modules are {', '.join([n for n in modules if n][:12])}, ...")
             raise ValueError(f"{type(model).__name__} has no module named {name!r}{hint}")
     return {n: modules[n] for n in names}
-
-
-def show_progress(progress: bool | None, chunks: int) -> bool:
-    """Whether to show a progress bar (``None``: several chunks and a terminal)."""
-    if progress is None:
-        return chunks > 1 and sys.stderr.isatty()
-    return bool(progress)
 
 
 @dataclass
@@ -100,10 +94,10 @@ class Forward:
 
     def targets(self, target: Target) -> tuple[Tensor | None, Tensor]:
         """Resolved targets ``(batch,)`` and the gradient seed at the output."""
-        t = _resolve_target(target, self.output)
+        t = resolve_target(target, self.output)
         if t is not None and t.dim() != 1:
             raise ValueError("a condition has one target per sample")
-        return t, _seeds(self.output, target, t, self.normalized)[0]
+        return t, output_seeds(self.output, target, t, self.normalized)[0]
 
     def grads(self, seed: Tensor, layers: Sequence[str], retain: bool = True) -> list[Tensor]:
         """Gradients (ratios ``R / a``) at the outputs of ``layers`` from the model output."""
@@ -284,7 +278,7 @@ def capture(model: nn.Module, inputs: Tensor, composite: Composite | None,
     audit
         ``"warn"``, ``"strict"`` or ``"off"``, as for :func:`lrp.explain`.
     """
-    _check_inputs(inputs)
+    check_inputs(inputs)
     if output_relevance not in ("logit", "normalized"):
         raise ValueError("output_relevance must be 'logit' or 'normalized'")
     if audit not in ("warn", "strict", "off"):

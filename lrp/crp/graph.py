@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..composites import Composite
-from ..explain import Target
+from ..targets import Target
 from .attribution import Concepts, concept_of
 from .engine import capture
 

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from ..composites import Composite
 from .attribution import Concepts, concept_of
-from .engine import capture, check_layers, show_progress
+from ..batching import show_progress
+from .engine import capture, check_layers
 
 MODES = ("relevance", "activation")
 _FORMAT = 1
