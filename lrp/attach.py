@@ -1,105 +1,44 @@
-"""Attaching rules to modules as forward hooks, and finding the execution order."""
+"""Binding rules to modules for one scope, running the model, and checking it first."""
 from __future__ import annotations
 
-import weakref
 from functools import partial
-from typing import List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .cache import cached, module_state
-from .core import RuleCall, active_trace
-from .rules import Rule
-
-
-class RuleHandle:
-    """Removable handle of rules attached by :func:`attach_rules` (idempotent ``remove``)."""
-
-    def __init__(self) -> None:
-        self._hooks: list = []
-        self._inplace: List[nn.Module] = []
-
-    def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-        for module in self._inplace:
-            module.inplace = True  # type: ignore[assignment]
-        self._inplace.clear()
-
-    def __enter__(self) -> "RuleHandle":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-
-def _grad_nodes(args) -> tuple:
-    return tuple(a.grad_fn for a in args if isinstance(a, Tensor) and a.grad_fn is not None)
-
-
-def _make_hook(name: str, rule: Rule, prepared):
-    def hook(module: nn.Module, args: tuple, output):
-        if not torch.is_grad_enabled() or not isinstance(output, Tensor):
-            return None
-        trace = active_trace()
-        recorder = trace.record(name) if trace is not None and trace.record else None
-        out = rule.apply(module, args, output, prepared, recorder)
-        if trace is not None:
-            trace.calls.append(RuleCall(name, out.grad_fn, _grad_nodes(args)))
-        return out
-    return hook
+from .cache import VersionKey, cached, module_state
+from .probe import execution_order  # noqa: F401  (re-exported: it lived here)
+from .rules import Rule, own_parameters
+from .scope import Bound, Substitution
 
 
 def _settings(rule: Rule) -> list:
     return [getattr(rule, f) for f in rule._fields]
 
 
-def attach_rules(model: nn.Module, mapping: Mapping[str, Rule]) -> RuleHandle:
-    """Register the rule of each named module as a forward hook.
+def bind_rules(modules: Mapping[str, nn.Module], mapping: Mapping[str, Rule],
+               substitution: Optional[Substitution] = None) -> Dict[nn.Module, Bound]:
+    """The rule of each named module with its prepared state, ready for a scope.
 
-    Modified parameters are computed here, once, and reused by later attaches
-    while the module's parameters are unchanged (see :mod:`lrp.cache`).  Modules with ``inplace=True``
-    (activations) are switched to out-of-place while attached, so that rules see
-    their true input; :meth:`RuleHandle.remove` switches them back.
+    Rules prepare from the parameters the module computes with inside the scope
+    (substituted ones for canonized layers); the result is reused while those
+    parameters are unchanged (see :mod:`lrp.cache`).
     """
-    handle = RuleHandle()
-    modules = dict(model.named_modules())
-    try:
-        for name, rule in mapping.items():
-            module = modules[name]
-            with torch.no_grad():
-                prepared = cached(rule, module, module_state(module, extra=_settings(rule)),
-                                  partial(rule.prepare, module))
-            if getattr(module, "inplace", False) is True:
-                module.inplace = False  # type: ignore[assignment]
-                handle._inplace.append(module)
-            handle._hooks.append(module.register_forward_hook(_make_hook(name, rule, prepared)))
-    except BaseException:
-        handle.remove()
-        raise
-    return handle
-
-
-def _leaf(module: nn.Module) -> bool:
-    return next(module.children(), None) is None
-
-
-def _first_sample(inputs):
-    if isinstance(inputs, Tensor):
-        return inputs[:1] if inputs.dim() > 0 else inputs
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(_first_sample(x) for x in inputs)
-    return inputs
-
-
-def _signature(inputs) -> tuple:
-    if isinstance(inputs, Tensor):
-        return (tuple(inputs.shape[1:]), inputs.dtype, inputs.device.type)
-    if isinstance(inputs, (tuple, list)):
-        return tuple(_signature(x) for x in inputs)
-    return (type(inputs),)
+    subs = substitution.params if substitution is not None else {}
+    bound: Dict[nn.Module, Bound] = {}
+    for name, rule in mapping.items():
+        module = modules[name]
+        params = subs.get(module)
+        if params is not None:
+            key = VersionKey(params["weight"], params["bias"], *_settings(rule))
+        else:
+            key = module_state(module, extra=_settings(rule))
+            params = own_parameters(module)
+        with torch.no_grad():
+            prepared = cached(rule, module, key, partial(rule.prepare, module, params))
+        bound[module] = Bound(name, rule, prepared)
+    return bound
 
 
 def run_model(model: nn.Module, inputs):
@@ -122,36 +61,48 @@ def classifier_output(output) -> Tensor:
     return output
 
 
-_ORDER_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, List[str]]]" = \
-    weakref.WeakKeyDictionary()
+def _mode_dependent(module: nn.Module) -> bool:
+    """Whether ``module`` behaves differently in training mode (BatchNorm with running
+    statistics, dropout with p > 0, attention with dropout)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.track_running_stats
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    if isinstance(module, nn.MultiheadAttention):
+        return module.dropout > 0
+    for attr in ("dropout", "attention_dropout", "dropout_p", "attn_dropout"):
+        value = module.__dict__.get(attr)
+        if isinstance(value, float) and value > 0:
+            return True
+    return False
 
 
-def execution_order(model: nn.Module, example_input) -> List[str]:
-    """Names of the leaf modules in the order they are first called.
+def check_model(model) -> None:
+    """Refuse, with one clear line, models LRP cannot explain as they are.
 
-    Runs one forward on the first sample of ``example_input`` without gradients and
-    with no rules attached; the result is cached per model, module structure and
-    input signature.
+    * Modules in training mode whose behaviour differs from eval mode (BatchNorm
+      would update its running statistics, dropout would randomize the
+      explanation): call ``model.eval()``.
+    * TorchScript, ``torch.export`` and ``torch.compile``\\ d models (rules need the
+      eager modules), and calls inside ``torch.inference_mode`` (no autograd).
     """
-    key = (tuple((n, id(m)) for n, m in model.named_modules()), _signature(example_input))
-    hit = _ORDER_CACHE.get(model)
-    if hit is not None and hit[0] == key:
-        return list(hit[1])
-    order: List[str] = []
-    seen = set()
-    names = {id(m): n for n, m in model.named_modules()}
-
-    def pre_hook(module, args):
-        if id(module) not in seen:
-            seen.add(id(module))
-            order.append(names[id(module)])
-
-    hooks = [m.register_forward_pre_hook(pre_hook) for m in model.modules() if _leaf(m)]
-    try:
-        with torch.no_grad():
-            run_model(model, _first_sample(example_input))
-    finally:
-        for h in hooks:
-            h.remove()
-    _ORDER_CACHE[model] = (key, order)
-    return list(order)
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("lrp cannot explain inside torch.inference_mode(): relevance is "
+                           "computed with autograd; call it outside the inference_mode block")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("lrp cannot attach rules to a TorchScript module (it has no Python "
+                        "forward to observe); explain the eager nn.Module it was scripted from")
+    if type(model).__name__ == "ExportedProgram":
+        raise TypeError("lrp cannot explain a torch.export ExportedProgram (its layers are "
+                        "no longer modules); explain the eager nn.Module it was exported from")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
+        raise TypeError("lrp cannot explain a torch.compile'd model (compiled code bypasses "
+                        "the rules); pass the original module, model._orig_mod")
+    training: List[str] = [name or type(model).__name__ for name, m in model.named_modules()
+                           if m.training and _mode_dependent(m)]
+    if training:
+        shown = ", ".join(repr(n) for n in training[:3]) + (", ..." if len(training) > 3 else "")
+        raise ValueError(f"the model is in training mode ({shown} would change running "
+                         f"statistics or randomize the explanation); call model.eval() first")

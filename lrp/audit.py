@@ -4,19 +4,21 @@ The ratio engine handles every linear operation (and ReLU, max-pooling) through 
 ordinary gradient.  Any other non-linear operation (``torch.sigmoid`` called in a
 ``forward``, softmax, a product of two activations, a division by an activation,
 normalisation by a computed statistic) would silently fall back to its gradient.
-:class:`Auditor` stamps every autograd node with the module whose forward created it
-and, after the forward, walks the graph to report the uncovered nodes.
+:class:`Auditor` stamps every autograd node with the innermost module whose forward
+created it and, after the forward, walks the graph to report the uncovered nodes.
 """
 from __future__ import annotations
 
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Set
+from typing import Dict, Iterable, List, Optional, Set
 
+import torch
 from torch import Tensor, nn
 
 from .core import RuleCall, graph_nodes
+from .scope import walk_tensors
 
 _LINEAR = {
     "Add", "Sub", "Neg", "View", "UnsafeView", "ReshapeAlias", "Reshape", "Permute",
@@ -29,7 +31,7 @@ _LINEAR = {
     "CudnnBatchNorm", "MkldnnBatchNorm", "ConstantPadNd", "ReflectionPad1D",
     "ReflectionPad2D", "ReplicationPad1D", "ReplicationPad2D", "UpsampleNearest1D",
     "UpsampleNearest2D", "UpsampleNearest3D", "UpsampleBilinear2D", "UpsampleLinear1D",
-    "ToCopy", "CopySlices", "AsStrided", "Roll", "Flip", "Repeat", "Gather",
+    "ToCopy", "Copy", "CopySlices", "AsStrided", "Roll", "Flip", "Repeat", "Gather",
     "NativeDropout", "Alias", "Diagonal", "Narrow", "Unfold", "Im2Col", "Col2Im",
     "PixelShuffle", "PixelUnshuffle", "Tril", "Triu", "Embedding",
     "Cumsum", "IndexSelect", "MaskedFill", "Where",
@@ -38,14 +40,15 @@ _LINEAR = {
 _BILINEAR = {"Mul", "Div", "Mm", "Bmm", "Addmm", "Addmv", "Mv", "Matmul", "Dot",
              "Addcmul", "Addcdiv", "Einsum", "Linear", "BaddBmm", "Addbmm"}
 # Nodes created by this library's own rules.
-_OWN = {"_RuleGradient", "_RelevanceBridge", "_GuidedGradient"}
+_OWN = {"_RuleGradient", "_RelevanceBridge", "_GuidedGradient", "_ScaleGradient", "_GuidedReLU"}
 
-_SUFFIX = re.compile(r"(Backward)?\d*$")
+_SUFFIX = re.compile(r"(Backwards?)?\d*$")
 
 
 def op_name(node) -> str:
-    """``'ConvolutionBackward0' -> 'Convolution'``."""
-    return _SUFFIX.sub("", node.name())
+    """``'ConvolutionBackward0' -> 'Convolution'``, ``'torch::autograd::CopyBackwards'
+    -> 'Copy'``."""
+    return _SUFFIX.sub("", node.name().rsplit("::", 1)[-1])
 
 
 @dataclass
@@ -96,61 +99,43 @@ class CoverageError(RuntimeError):
 
 
 class Auditor:
-    """Stamps autograd nodes with the module that created them (while attached).
+    """Stamps autograd nodes with the innermost module whose forward created them.
 
-    Use :meth:`attach` before the forward, :meth:`report` after it, and
-    :meth:`remove` in a ``finally``.
+    :meth:`observe` is a scope observer (:class:`lrp.scope.Scope`): after each module
+    call it stamps the nodes between the module's output tensors (also inside tuples,
+    lists, dicts and ``ModelOutput`` objects) and its inputs that no inner module stamped.
+    Inside a scope only tensors that depend on the input carry a graph (parameters
+    are constants), so every node of the output's graph carries the input.
     """
 
     KEY = "lrp_module"
 
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self._hooks: list = []
-        self._parameters: Set[int] = {id(p) for p in model.parameters()}
-        self._carrier_cache: Dict[object, bool] = {}
+    def __init__(self, model: nn.Module, virtual: Optional[Dict[str, nn.Module]] = None):
+        self.names = {m: n for n, m in model.named_modules()}
+        self.names.update({m: n for n, m in (virtual or {}).items()})
 
-    def attach(self) -> "Auditor":
-        for name, module in self.model.named_modules():
-            self._hooks.append(module.register_forward_hook(self._stamper(name)))
-        return self
-
-    def remove(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-
-    def _stamper(self, name: str):
-        def hook(module, args, output):
-            if not isinstance(output, Tensor) or output.grad_fn is None:
-                return None
-            boundary = {a.grad_fn for a in args if isinstance(a, Tensor) and a.grad_fn is not None}
-            for node in graph_nodes(output.grad_fn, boundary.__contains__):
-                node.metadata.setdefault(self.KEY, name)
+    def observe(self, module: nn.Module, args: tuple, output) -> None:
+        if not torch.is_grad_enabled():
             return None
-        return hook
-
-    def _carries_activation(self, node) -> bool:
-        """Whether ``node`` depends on something other than parameters (memoized)."""
-        if node is None:
-            return False
-        known = self._carrier_cache.get(node)
-        if known is None:
-            known = any(n.name() == "torch::autograd::AccumulateGrad"
-                        and id(n.variable) not in self._parameters
-                        for n in graph_nodes(node, lambda n: False))
-            self._carrier_cache[node] = known
-        return known
+        name = self.names.get(module)
+        if name is None:
+            return None
+        boundary = {a.grad_fn for a in args if isinstance(a, Tensor) and a.grad_fn is not None}
+        for tensor in walk_tensors(output):
+            if tensor.grad_fn is None:
+                continue
+            for node in graph_nodes(tensor.grad_fn, boundary.__contains__):
+                node.metadata.setdefault(self.KEY, name)
+        return None
 
     def _uncovered(self, node) -> bool:
         op = op_name(node)
         if op in _OWN or op in _LINEAR or "AccumulateGrad" in node.name():
             return False
         if op in _BILINEAR:
-            carriers = [n for n, _ in node.next_functions if self._carries_activation(n)]
+            carriers = [n for n, _ in node.next_functions if n is not None]
             if op == "Div":
-                return len(node.next_functions) > 1 and self._carries_activation(
-                    node.next_functions[1][0])
+                return len(node.next_functions) > 1 and node.next_functions[1][0] is not None
             return len(carriers) > 1
         return True
 

@@ -1,109 +1,72 @@
-"""Canonizers: temporary, exactly reversible model changes that make LRP rules apply.
+"""Canonizers: model changes that make LRP rules apply, made inside the scope only.
 
 Some layers have no LRP rule of their own but can be rewritten into layers that do.
-A :class:`Canonizer` rewrites a model in place and returns a :class:`CanonizerHandle`
-whose :meth:`~CanonizerHandle.remove` restores the model exactly: the same parameter
-objects (optimizers holding them keep working), a bit-identical ``state_dict()`` and
-unchanged ``requires_grad`` flags.  Handles are context managers::
-
-    with MergeBatchNorm().apply(model) as handle:
-        ...                     # BatchNorms fused into the preceding layers
-    # model restored
+A :class:`Canonizer` does not touch the model: it tells the scope of an explanation
+(:mod:`lrp.scope`) what to use instead -- substituted parameters for a layer, an
+identity for a BatchNorm, a split of a LayerNorm into two parts -- as a
+:class:`lrp.scope.Substitution`.  Other callers of the model (other threads, code
+outside the ``explain`` / ``attached`` block) see the model unchanged, and nothing is
+left on it afterwards.  Structure comes from one probe forward (:mod:`lrp.probe`:
+which module produced which tensor, and who else read it), not from tracing.
 
 Canonizers:
 
 * :class:`MergeBatchNorm` -- fuse eval-mode BatchNorm into the preceding
   Linear / Conv / ConvTranspose layer, so that layer's rule covers both.
-* :class:`SplitLayerNorm` -- split ``nn.LayerNorm`` into a normalization
-  (:class:`LayerNormalization`) and an affine part (:class:`LayerNormAffine`), so
-  the two can receive different rules.
-* :class:`SequentialCanonizer` / :func:`apply_canonizers` -- several canonizers,
-  applied in order and removed in reverse order.
+* :class:`SplitLayerNorm` -- evaluate each ``nn.LayerNorm`` as a normalization
+  (:class:`LayerNormalization`) followed by an affine part (:class:`LayerNormAffine`),
+  so the two can receive different rules.
+
+:func:`canonized` runs a model canonized inside a ``with`` block (for checks)::
+
+    with canonized(model, [MergeBatchNorm()], x) as substitution:
+        model(x)                 # BatchNorms fused, in this context only
+    substitution.merged          # the fused (layer, batchnorm) pairs
 """
 from __future__ import annotations
 
-import warnings
-from collections import Counter
+import contextlib
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .cache import VersionKey, cached, module_state
+from .attach import check_model
+from .cache import cached, module_state
+from .probe import ModelGraph, probe
+from .scope import Scope, Substitution
 
 __all__ = [
-    "Canonizer", "CanonizerHandle", "MergeBatchNorm", "MergeBatchNormHandle",
-    "SplitLayerNorm", "SplitLayerNormHandle", "LayerNormalization", "LayerNormAffine",
-    "SplitLayerNormModule", "SequentialCanonizer", "SequentialCanonizerHandle",
-    "apply_canonizers",
+    "Canonizer", "MergeBatchNorm", "SplitLayerNorm", "LayerNormalization", "LayerNormAffine",
+    "canonize", "canonized",
 ]
-
-
-class CanonizerHandle:
-    """Undoes what a canonizer did to a model.
-
-    Parameters
-    ----------
-    restore
-        Callables that undo the changes; :meth:`remove` calls them in reverse order.
-
-    Notes
-    -----
-    :meth:`remove` is idempotent, and the handle is a context manager that calls
-    :meth:`remove` on exit.
-    """
-
-    def __init__(self, restore: Sequence[Callable[[], None]] = ()):
-        self._restore: List[Callable[[], None]] = list(restore)
-        self.removed = False
-
-    def remove(self) -> None:
-        """Restore the model exactly; a second call does nothing.
-
-        All restore steps run even if one raises; the first error is re-raised.
-        """
-        if self.removed:
-            return
-        self.removed = True
-        error: Optional[BaseException] = None
-        for undo in reversed(self._restore):
-            try:
-                undo()
-            except BaseException as exc:  # noqa: BLE001 - restore as much as possible
-                error = error or exc
-        self._restore.clear()
-        if error is not None:
-            raise error
-
-    def __enter__(self) -> "CanonizerHandle":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.remove()
 
 
 class Canonizer:
     """Base class of canonizers.
 
-    Subclasses implement :meth:`apply`, which modifies the model in place and returns
-    a :class:`CanonizerHandle` that restores it.
+    Subclasses implement :meth:`substitute`.  ``needs_graph`` says whether they
+    need the model's :class:`lrp.probe.ModelGraph` (and so an example input).
     """
 
-    def apply(self, model: nn.Module) -> CanonizerHandle:
-        """Canonize ``model`` in place.
+    needs_graph = False
+
+    def substitute(self, model: nn.Module, graph: Optional[ModelGraph]) -> Substitution:
+        """What to change inside a scope to canonize ``model``.
 
         Parameters
         ----------
         model
-            The model to modify.
+            The model (not modified).
+        graph
+            Its structure from a probe forward (when ``needs_graph``).
 
         Returns
         -------
-        CanonizerHandle
-            Its :meth:`~CanonizerHandle.remove` restores the model exactly.
+        lrp.scope.Substitution
         """
         raise NotImplementedError
 
@@ -119,20 +82,16 @@ _TRANSPOSE_TYPES: Tuple[Type[nn.Module], ...] = (
 _MERGEABLE = _LINEAR_TYPES + _TRANSPOSE_TYPES
 
 
-def _identity(input: Tensor, *args, **kwargs) -> Tensor:
-    return input
-
-
 def _out_channels(layer: nn.Module) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
 def _can_merge(layer: nn.Module, bn: nn.Module) -> bool:
-    """Whether ``layer -> bn`` is a pair of compatible, unmodified modules."""
+    """Whether ``layer -> bn`` is a pair of compatible modules."""
     if not isinstance(layer, _MERGEABLE) or not isinstance(bn, _BatchNorm):
         return False
-    if bn.running_mean is None or bn.running_var is None or "forward" in bn.__dict__:
-        return False  # batch statistics only, or already made an identity
+    if bn.running_mean is None or bn.running_var is None:
+        return False  # batch statistics only
     weight = layer._parameters.get("weight")
     if not isinstance(weight, nn.Parameter) or isinstance(weight, nn.UninitializedParameter):
         return False  # lazy, weight-normed or parametrized layers
@@ -144,7 +103,8 @@ def _can_merge(layer: nn.Module, bn: nn.Module) -> bool:
 
 
 def _fused(layer: nn.Module, bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
-    """Weight and bias of ``bn(layer(x))`` as a single layer (eval statistics)."""
+    """Weight and bias of ``bn(layer(x))`` as a single layer (eval statistics),
+    detached."""
     weight = layer.weight
     dtype = weight.dtype
     work = torch.float64 if weight.device.type != "mps" else torch.float32
@@ -173,98 +133,25 @@ def _fused(layer: nn.Module, bn: _BatchNorm) -> Tuple[Tensor, Tensor]:
     return new_w.to(dtype), new_b.to(dtype)
 
 
-def _parameters(layer: nn.Module, bn: _BatchNorm) -> Tuple[nn.Parameter, nn.Parameter]:
-    """The fused parameters as ``Parameter`` objects with the layer's ``requires_grad``."""
-    weight, bias = _fused(layer, bn)
-    old_weight, old_bias = layer.weight, layer.bias
-    bias_grad = old_bias.requires_grad if old_bias is not None else old_weight.requires_grad
-    return (nn.Parameter(weight, requires_grad=old_weight.requires_grad),
-            nn.Parameter(bias, requires_grad=bias_grad))
 
-
-def _call_counts(model: nn.Module, graph) -> Counter:
-    counts: Counter = Counter()
-    for node in graph.nodes:
-        if node.op == "call_module":
-            counts[id(model.get_submodule(node.target))] += 1
-    return counts
-
-
-def _structure(model: nn.Module) -> Tuple[Any, ...]:
-    """What the BatchNorm pairs depend on: every submodule, its name, and any forward
-    patched onto an instance (the class forwards are fixed)."""
-    return tuple((name, module, module.__dict__.get("forward"))
-                 for name, module in model.named_modules(remove_duplicate=False))
-
-
-def _find_pairs(model: nn.Module) -> Tuple[List[Tuple[str, str]], bool]:
-    """The ``(layer, bn)`` pairs and whether they came from the fx graph."""
-    try:
-        return _pairs_fx(model), True
-    except Exception:  # noqa: BLE001 - any tracing failure: use the fallback
-        return _pairs_sequential(model), False
-
-
-def _pairs_fx(model: nn.Module) -> List[Tuple[str, str]]:
-    """``(layer, bn)`` name pairs from the fx graph; raises if tracing fails."""
-    import torch.fx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        graph = torch.fx.symbolic_trace(model).graph
-    counts = _call_counts(model, graph)
+def _batchnorm_pairs(model: nn.Module, graph: ModelGraph) -> List[Tuple[str, str]]:
+    """``(layer, bn)`` name pairs: a BatchNorm called once whose input is the output of
+    a mergeable layer called once, read by nothing but that BatchNorm."""
+    modules = dict(model.named_modules())
     pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module":
+    for call in graph.calls:
+        bn = modules.get(call.name)
+        if not isinstance(bn, _BatchNorm) or graph.call_counts.get(call.name) != 1:
             continue
-        bn = model.get_submodule(node.target)
-        if not isinstance(bn, _BatchNorm) or len(node.args) != 1 or node.kwargs:
+        if not call.inputs or graph.uses.get(call.inputs[0], []) != [call.name]:
+            continue  # its input is also read elsewhere (or modified in place)
+        producers = [c for c in graph.calls if c.output == call.inputs[0]
+                     and isinstance(modules.get(c.name), _MERGEABLE)]
+        if len(producers) != 1 or graph.call_counts.get(producers[0].name) != 1:
             continue
-        prev = node.args[0]
-        if not isinstance(prev, torch.fx.Node) or prev.op != "call_module":
-            continue
-        layer = model.get_submodule(prev.target)
-        if len(prev.users) != 1 or counts[id(layer)] != 1 or counts[id(bn)] != 1:
-            continue  # the layer's output is used elsewhere, or a module is reused
-        if _can_merge(layer, bn):
-            pairs.append((prev.target, node.target))
+        if _can_merge(modules[producers[0].name], bn):
+            pairs.append((producers[0].name, call.name))
     return pairs
-
-
-def _pairs_sequential(model: nn.Module) -> List[Tuple[str, str]]:
-    """``(layer, bn)`` name pairs of adjacent children of ``nn.Sequential`` containers."""
-    registrations = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
-    pairs = []
-    for name, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential):
-            continue
-        children = list(seq.named_children())
-        for (lname, layer), (bname, bn) in zip(children, children[1:]):
-            if registrations[id(layer)] != 1 or registrations[id(bn)] != 1:
-                continue
-            if _can_merge(layer, bn):
-                prefix = f"{name}." if name else ""
-                pairs.append((prefix + lname, prefix + bname))
-    return pairs
-
-
-class MergeBatchNormHandle(CanonizerHandle):
-    """Handle of :class:`MergeBatchNorm`.
-
-    Attributes
-    ----------
-    merged : list of (str, str)
-        Qualified names ``(layer, batchnorm)`` of the fused pairs.
-    traced : bool
-        Whether the pairs were found in the ``torch.fx`` graph (``False``: tracing
-        failed and adjacent children of ``nn.Sequential`` containers were used).
-    """
-
-    def __init__(self, restore: Sequence[Callable[[], None]], merged: List[Tuple[str, str]],
-                 traced: bool):
-        super().__init__(restore)
-        self.merged = merged
-        self.traced = traced
 
 
 class MergeBatchNorm(Canonizer):
@@ -273,84 +160,39 @@ class MergeBatchNorm(Canonizer):
     A BatchNorm in eval mode is the affine map ``y = s * (x - mean) + beta`` with
     ``s = gamma / sqrt(var + eps)``, so ``bn(layer(x))`` equals one layer with weight
     ``W * s`` (scaled along the output channels) and bias ``(b - mean) * s + beta``.
-    The layer gets these new parameters and the BatchNorm becomes an identity, so the
-    layer's LRP rule covers both.
+    Inside the scope the layer computes with these parameters and the BatchNorm is an
+    identity, so the layer's LRP rule covers both; the model itself is not changed.
 
-    Pairs are found in the ``torch.fx`` graph of the model: a layer whose only user is
-    a BatchNorm, both called exactly once.  BatchNorms after a concatenation, pooling,
-    an activation or a layer whose output is also used elsewhere are left alone.  If
-    the model cannot be traced (data-dependent control flow), adjacent children of
-    ``nn.Sequential`` containers (layer, then BatchNorm) are fused instead.
-
-    Notes
-    -----
-    The new parameters are computed without gradient, so gradients do not reach the
-    original parameters while the canonizer is applied.  :meth:`CanonizerHandle.remove`
-    puts the original ``Parameter`` objects back.  A ``Linear`` followed by
-    ``BatchNorm1d`` is assumed to normalize the linear layer's features (input of
-    shape ``(N, C)`` or ``(N, C, L)`` with ``C`` the output features).
+    Pairs come from a probe forward (:func:`lrp.probe.probe`): a BatchNorm whose
+    input is the output of a layer, both called exactly once, with nothing else
+    reading the layer's output.  BatchNorms after a concatenation, pooling, an
+    activation, or a layer whose output is also used elsewhere (or changed in place)
+    are left alone.  Fused parameters are computed in float64 and kept on the
+    canonizer while the modules' parameters and statistics are unchanged.
 
     Examples
     --------
     >>> model = torchvision.models.resnet18().eval()
-    >>> with MergeBatchNorm().apply(model) as handle:
-    ...     print(len(handle.merged))
+    >>> with canonized(model, [MergeBatchNorm()], torch.randn(1, 3, 64, 64)) as sub:
+    ...     print(len(sub.merged))
     20
     """
 
-    def apply(self, model: nn.Module) -> MergeBatchNormHandle:
-        """Fuse the BatchNorms of ``model`` in place.
+    needs_graph = True
 
-        Parameters
-        ----------
-        model
-            The model, in eval mode.
-
-        Returns
-        -------
-        MergeBatchNormHandle
-            Restores the model; ``handle.merged`` lists the fused pairs.
-
-        Raises
-        ------
-        ValueError
-            If a BatchNorm to fuse is in training mode (fusion uses the running
-            statistics).
-        """
-        # tracing costs tens of milliseconds on a large model: once per structure
-        pairs, traced = cached(self, model, VersionKey(_structure(model)),
-                               partial(_find_pairs, model), store="_lrp_pairs")
-        training = [bn for _, bn in pairs if model.get_submodule(bn).training]
-        if training:
-            raise ValueError(
-                f"MergeBatchNorm: BatchNorm {training[0]!r} is in training mode; fusion "
-                "uses the running statistics -- call model.eval() first")
-        # compute everything first, then swap: nothing can fail half-way
-        fused = []
-        for lname, bname in pairs:
-            layer, bn = model.get_submodule(lname), model.get_submodule(bname)
+    def substitute(self, model: nn.Module, graph: Optional[ModelGraph]) -> Substitution:
+        if graph is None:
+            raise ValueError("MergeBatchNorm needs the model's structure: give an example input")
+        modules = dict(model.named_modules())
+        sub = Substitution()
+        for lname, bname in _batchnorm_pairs(model, graph):
+            layer, bn = modules[lname], modules[bname]
             key = module_state(layer, bn, extra=[bn.eps])
-            fused.append((layer, bn, *cached(self, layer, key, partial(_parameters, layer, bn))))
-        restore = []
-        for layer, bn, weight, bias in fused:
-            restore.append(self._swap(layer, bn, weight, bias))
-        return MergeBatchNormHandle(restore, list(pairs), traced)
-
-    @staticmethod
-    def _swap(layer: nn.Module, bn: nn.Module, weight: nn.Parameter,
-              bias: nn.Parameter) -> Callable[[], None]:
-        old_weight = layer._parameters["weight"]
-        old_bias = layer._parameters["bias"]
-        layer._parameters["weight"] = weight
-        layer._parameters["bias"] = bias
-        bn.forward = _identity
-
-        def restore() -> None:
-            layer._parameters["weight"] = old_weight
-            layer._parameters["bias"] = old_bias
-            bn.__dict__.pop("forward", None)
-
-        return restore
+            weight, bias = cached(self, layer, key, partial(_fused, layer, bn))
+            sub.params[layer] = {"weight": weight, "bias": bias}
+            sub.identity.add(bn)
+            sub.merged.append((lname, bname))
+        return sub
 
 
 # --------------------------------------------------------------------------- LayerNorm
@@ -405,191 +247,90 @@ class LayerNormAffine(nn.Module):
         return f"{tuple(self.weight.shape)}, bias={self.bias is not None}"
 
 
-class SplitLayerNormModule(nn.Sequential):
-    """``nn.Sequential(LayerNormalization, LayerNormAffine)`` replacing an ``nn.LayerNorm``.
-
-    Read-only properties ``normalized_shape``, ``eps``, ``elementwise_affine``,
-    ``weight`` and ``bias`` mirror the replaced LayerNorm, for code that reads them
-    (e.g. ``nn.TransformerEncoderLayer`` checks ``norm1.eps``).
-
-    Parameters
-    ----------
-    norm
-        The normalization.
-    affine
-        The affine part.
-    """
-
-    def __init__(self, norm: LayerNormalization, affine: LayerNormAffine):
-        super().__init__(norm, affine)
-
-    @property
-    def normalized_shape(self) -> Tuple[int, ...]:
-        return self[0].normalized_shape
-
-    @property
-    def eps(self) -> float:
-        return self[0].eps
-
-    @property
-    def elementwise_affine(self) -> bool:
-        return True
-
-    @property
-    def weight(self) -> nn.Parameter:
-        return self[1].weight
-
-    @property
-    def bias(self) -> Optional[nn.Parameter]:
-        return self[1].bias
-
-
-class SplitLayerNormHandle(CanonizerHandle):
-    """Handle of :class:`SplitLayerNorm`.
-
-    Attributes
-    ----------
-    replaced : list of str
-        Qualified names of the replaced LayerNorms.
-    """
-
-    def __init__(self, restore: Sequence[Callable[[], None]], replaced: List[str]):
-        super().__init__(restore)
-        self.replaced = replaced
-
-
 class SplitLayerNorm(Canonizer):
-    """Replace each affine ``nn.LayerNorm`` by normalization followed by affine map.
+    """Evaluate each affine ``nn.LayerNorm`` as a normalization followed by an affine
+    map, so that a composite can give the two different rules.
 
-    The replacement is a :class:`SplitLayerNormModule`, i.e.
-    ``nn.Sequential(LayerNormalization(normalized_shape, eps),
-    LayerNormAffine(weight, bias))`` holding the original ``Parameter`` objects, so a
-    composite can give the normalization and the affine part different rules.  A
-    LayerNorm registered under several names is replaced everywhere by the same
-    module.  Left alone: LayerNorms without ``elementwise_affine``, subclasses of
-    ``nn.LayerNorm`` (their ``forward`` may differ) and a model that is itself a
-    LayerNorm.  Hooks registered on a replaced LayerNorm do not run while applied.
+    Inside the scope, LayerNorm ``name`` computes ``affine(norm(x))`` with two modules
+    that exist only there: ``name.0`` (:class:`LayerNormalization`) and ``name.1``
+    (:class:`LayerNormAffine`, holding the LayerNorm's own weight and bias).  Type
+    maps and names in composites see them like any other module.  Left alone:
+    LayerNorms without ``elementwise_affine`` and subclasses of ``nn.LayerNorm``
+    (their ``forward`` may differ).
     """
 
-    def apply(self, model: nn.Module) -> SplitLayerNormHandle:
-        """Split the LayerNorms of ``model`` in place.
-
-        Parameters
-        ----------
-        model
-            The model to modify.
-
-        Returns
-        -------
-        SplitLayerNormHandle
-            Puts the original LayerNorm modules back; ``handle.replaced`` lists them.
-        """
-        targets = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
-                   if name and type(m) is nn.LayerNorm and m.elementwise_affine]
-        replacements: Dict[int, SplitLayerNormModule] = {}
-        restore: List[Callable[[], None]] = []
-        replaced = []
-        for name, norm in targets:
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            if parent._modules.get(attr) is not norm:
-                continue  # already replaced through another path
-            if id(norm) not in replacements:
-                replacements[id(norm)] = SplitLayerNormModule(
-                    LayerNormalization(norm.normalized_shape, norm.eps),
-                    LayerNormAffine(norm.weight, norm.bias))
-            parent._modules[attr] = replacements[id(norm)]
-            restore.append(_module_restorer(parent, attr, norm))
-            replaced.append(name)
-        return SplitLayerNormHandle(restore, replaced)
+    def substitute(self, model: nn.Module, graph: Optional[ModelGraph]) -> Substitution:
+        sub = Substitution()
+        done: Dict[int, str] = {}
+        for name, norm in model.named_modules():
+            if not name or type(norm) is not nn.LayerNorm or not norm.elementwise_affine:
+                continue
+            if id(norm) in done:
+                continue
+            done[id(norm)] = name
+            parts = cached(self, norm, module_state(norm, extra=[norm.eps]),
+                           partial(_split, norm))
+            sub.virtual[f"{name}.0"], sub.virtual[f"{name}.1"] = parts
+            sub.replace[norm] = _composed(*parts)
+        return sub
 
 
-def _module_restorer(parent: nn.Module, attr: str, module: nn.Module) -> Callable[[], None]:
-    def restore() -> None:
-        parent._modules[attr] = module
-    return restore
+def _split(norm: nn.LayerNorm) -> Tuple[nn.Module, nn.Module]:
+    return (LayerNormalization(norm.normalized_shape, norm.eps),
+            LayerNormAffine(norm.weight, norm.bias))
+
+
+def _composed(first: nn.Module, second: nn.Module):
+    def forward(x: Tensor, *args, **kwargs) -> Tensor:
+        return second(first(x))
+    return forward
 
 
 # --------------------------------------------------------------------------- several
 
-class SequentialCanonizerHandle(CanonizerHandle):
-    """Handle of :class:`SequentialCanonizer`.
-
-    Parameters
-    ----------
-    handles
-        The handles of the applied canonizers, in application order;
-        :meth:`remove` removes them in reverse order.
-
-    Attributes
-    ----------
-    handles : list of CanonizerHandle
-        The individual handles.
-    """
-
-    def __init__(self, handles: Sequence[CanonizerHandle]):
-        super().__init__([h.remove for h in handles])
-        self.handles = list(handles)
-
-
-class SequentialCanonizer(Canonizer):
-    """Several canonizers, applied in order and removed in reverse order.
-
-    Parameters
-    ----------
-    *canonizers
-        The canonizers.
-    """
-
-    def __init__(self, *canonizers: Canonizer):
-        for c in canonizers:
-            if not isinstance(c, Canonizer):
-                raise TypeError(f"expected canonizers, got {c!r}")
-        self.canonizers = list(canonizers)
-
-    def __repr__(self) -> str:
-        return f"SequentialCanonizer({', '.join(map(repr, self.canonizers))})"
-
-    def apply(self, model: nn.Module) -> "SequentialCanonizerHandle":
-        """Apply all canonizers to ``model`` in order.
-
-        If one raises, those already applied are removed before the error propagates.
-
-        Returns
-        -------
-        SequentialCanonizerHandle
-            Removes the canonizers in reverse order.
-        """
-        handles: List[CanonizerHandle] = []
-        try:
-            for canonizer in self.canonizers:
-                handles.append(canonizer.apply(model))
-        except BaseException:
-            for handle in reversed(handles):
-                handle.remove()
-            raise
-        return SequentialCanonizerHandle(handles)
-
-
-def apply_canonizers(model: nn.Module,
-                     canonizers: Sequence[Canonizer]) -> SequentialCanonizerHandle:
-    """Apply ``canonizers`` to ``model`` in order; the handle removes them in reverse.
+def canonize(model: nn.Module, canonizers: Sequence[Canonizer],
+             example_input=None) -> Substitution:
+    """The combined substitution of ``canonizers`` (applied in order, later ones
+    winning on conflicts) for ``model``.
 
     Parameters
     ----------
     model
-        The model to modify in place.
+        The model (not modified).
     canonizers
-        The canonizers (may be empty).
-
-    Returns
-    -------
-    SequentialCanonizerHandle
-        Restores the model; usable as a context manager.
-
-    Raises
-    ------
-    Exception
-        Whatever a canonizer raised, after the ones already applied were removed.
+        The canonizers.
+    example_input
+        An input batch, needed by canonizers that read the model's structure
+        (:class:`MergeBatchNorm`); a probe forward of its first sample runs once per
+        model structure and input signature.
     """
-    return SequentialCanonizer(*canonizers).apply(model)
+    for canonizer in canonizers:
+        if not isinstance(canonizer, Canonizer):
+            raise TypeError(f"expected canonizers, got {canonizer!r}")
+    graph = None
+    if any(c.needs_graph for c in canonizers):
+        if example_input is None:
+            raise ValueError("canonizers need an example input to find the model's structure")
+        graph = probe(model, example_input)
+    total = Substitution()
+    for canonizer in canonizers:
+        total.update(canonizer.substitute(model, graph))
+    return total
+
+
+@contextlib.contextmanager
+def canonized(model: nn.Module, canonizers: Sequence[Canonizer],
+              example_input=None) -> Iterator[Substitution]:
+    """Run ``model`` canonized (no rules) inside the ``with`` block, in this context.
+
+    The model is not modified; other threads see it unchanged.
+
+    Yields
+    ------
+    lrp.scope.Substitution
+        What the canonizers substitute (``merged`` lists fused BatchNorm pairs).
+    """
+    check_model(model)
+    substitution = canonize(model, canonizers, example_input)
+    with Scope(model, substitution=substitution):
+        yield substitution

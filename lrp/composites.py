@@ -24,8 +24,11 @@ import torch
 from torch import nn
 
 from . import rules as R
-from .attach import attach_rules, execution_order
-from .canonizers import Canonizer, apply_canonizers
+from .attach import bind_rules, check_model
+from .canonizers import Canonizer, canonize
+from .ops import OpTable
+from .probe import execution_order
+from .scope import Scope, Substitution
 
 TypeSpec = Union[Type[nn.Module], Tuple[Type[nn.Module], ...]]
 TypeRules = Union[Mapping[TypeSpec, R.Rule], Sequence[Tuple[TypeSpec, R.Rule]]]
@@ -235,16 +238,60 @@ class LastLayerTypeMap(_TypeMap):
         return self._matching_order(layers)[-1:]
 
 
+class OpMap(Primitive):
+    """Map kinds of functional operations (or single functions) to op rules.
+
+    Parameters
+    ----------
+    mapping
+        Keys are op kinds -- ``"activation"``, ``"relu"``, ``"softmax"``,
+        ``"product"``, ``"matmul"``, ``"normalization"``, ``"statistic"``,
+        ``"maxpool"`` (see :data:`lrp.ops.KINDS`) -- or torch functions
+        (``torch.sigmoid``); values are op rules (:mod:`lrp.ops`).
+    within
+        Apply only to operations run in the forward (at any depth) of these modules:
+        module classes or qualified names (``None``: everywhere).
+
+    Like module primitives, later op maps override earlier ones.
+    """
+
+    def __init__(self, mapping: Mapping, within=None):
+        from .ops import KINDS, OpRule
+        kinds = set(KINDS.values())
+        for key, rule in mapping.items():
+            if not isinstance(rule, OpRule):
+                raise TypeError(f"op map values must be op rules (lrp.ops), got {rule!r}")
+            if isinstance(key, str) and key not in kinds:
+                raise ValueError(f"unknown op kind {key!r}; kinds: {', '.join(sorted(kinds))}")
+            if not isinstance(key, str) and key not in KINDS:
+                raise ValueError(f"{key!r} is not an operation lrp intercepts")
+        self.mapping = dict(mapping)
+        self.within = tuple(within) if isinstance(within, list) else within
+
+    def assign(self, layers, mapping):
+        return None
+
+    @property
+    def positional(self):
+        return False
+
+    def __repr__(self) -> str:
+        where = f", within={self.within!r}" if self.within is not None else ""
+        return f"OpMap({self.mapping!r}{where})"
+
+
 class Composite:
     """Rules for a whole model: primitives applied in order, later ones override.
 
     Parameters
     ----------
     *primitives
-        The primitives, applied in the given order.
+        The primitives, applied in the given order: module rules
+        (:class:`GlobalTypeMap`, :class:`LayerMap`, ...) and op rules
+        (:class:`OpMap`).
     canonizers
-        Canonizers applied (in order) before the rules are attached and removed
-        (in reverse order) afterwards, e.g. ``[MergeBatchNorm()]``.
+        Canonizers whose substitutions hold inside the scope of each explanation,
+        e.g. ``[MergeBatchNorm()]`` (the model itself is never changed).
     attribution
         ``"relevance"`` (default: the explanation is ``x * grad``, the LRP relevance)
         or ``"gradient"`` (the modified gradient itself, e.g. guided backprop).
@@ -259,6 +306,9 @@ class Composite:
                 raise TypeError(f"expected composite primitives, got {p!r}")
         if attribution not in ("relevance", "gradient"):
             raise ValueError("attribution must be 'relevance' or 'gradient'")
+        for c in canonizers or []:
+            if not isinstance(c, Canonizer):
+                raise TypeError(f"expected canonizers, got {c!r}")
         self.primitives = list(primitives)
         self.canonizers = list(canonizers or [])
         self.attribution = attribution
@@ -272,23 +322,50 @@ class Composite:
         """Whether any primitive needs the execution order of the model."""
         return any(p.positional for p in self.primitives)
 
-    def resolve(self, model: nn.Module, order: Optional[Sequence[str]] = None) -> Dict[str, R.Rule]:
+    @property
+    def needs_probe(self) -> bool:
+        """Whether binding needs a probe forward (execution order or structure)."""
+        return self.positional or any(c.needs_graph for c in self.canonizers)
+
+    @property
+    def op_maps(self) -> List["OpMap"]:
+        """The op primitives, in order."""
+        return [p for p in self.primitives if isinstance(p, OpMap)]
+
+    def resolve(self, model: nn.Module, order: Optional[Sequence[str]] = None,
+                substitution: Optional[Substitution] = None) -> Dict[str, R.Rule]:
         """The rule of every module that receives one, by module name.
 
         Parameters
         ----------
         model
-            The (canonized) model.
+            The model.
         order
-            Leaf modules in execution order (see :func:`lrp.attach.execution_order`);
+            Leaf modules in execution order (see :func:`lrp.probe.execution_order`);
             needed when the composite has positional primitives.
+        substitution
+            The canonizers' substitution: its virtual modules can receive rules, the
+            modules it makes identities or replaces cannot.
         """
         if order is None:
             if self.positional:
                 raise ValueError(f"{self.name} maps layers by execution position; "
                                  "pass the execution order (or an example input)")
             order = []
-        layers = ModelLayers(dict(model.named_modules()), list(order))
+        sub = substitution or Substitution()
+        modules = dict(model.named_modules())
+        order = list(order)
+        for name, module in sub.virtual.items():
+            modules[name] = module
+        replaced = {n for n, m in modules.items() if m in sub.replace or m in sub.identity}
+        if sub.virtual:
+            expanded = []
+            for name in order:
+                parts = [v for v in sub.virtual if v.rsplit(".", 1)[0] == name]
+                expanded += parts if parts else [name]
+            order = expanded
+        layers = ModelLayers({n: m for n, m in modules.items() if n not in replaced},
+                             [n for n in order if n not in replaced])
         mapping: Dict[str, R.Rule] = {}
         for primitive in self.primitives:
             primitive.assign(layers, mapping)
@@ -299,12 +376,33 @@ class Composite:
                                  f"{type(module).__name__} {name!r}")
         return mapping
 
+    def bind(self, model: nn.Module, example_input=None) -> "Attachment":
+        """Resolve the composite for ``model``: canonizer substitutions, module rules
+        with their prepared parameters and op rules, ready to be made active as a
+        :class:`lrp.scope.Scope` (``with attachment.scope: ...``).  The model is
+        not changed.
+
+        Parameters
+        ----------
+        model
+            The model to explain (in eval mode).
+        example_input
+            An input batch (tensor or tuple of tensors); needed when the composite
+            has positional primitives or canonizers that read the model's structure.
+        """
+        attachment = Attachment(self, model)
+        attachment.resolve(example_input)
+        return attachment
+
     @contextlib.contextmanager
     def attached(self, model: nn.Module, example_input=None) -> Iterator["Attachment"]:
-        """Attach the canonizers and rules to ``model`` for the ``with`` block.
+        """Make the rules active for forwards of ``model`` inside the ``with`` block.
 
-        Everything is removed on exit, also when the block raises: parameters,
-        buffers, ``state_dict()`` and ``requires_grad`` flags are as before.
+        Nothing is attached to the model: the rules are bound to this block's context
+        (:mod:`lrp.scope`).  Forwards of ``model`` in this thread -- and in contexts
+        copied from it (``contextvars.copy_context().run``, asyncio tasks) -- use the
+        rules and canonizers; other threads, and code after the block, see the
+        model unchanged.  An ``explain`` nested in the block uses only its own rules.
 
         Parameters
         ----------
@@ -312,100 +410,150 @@ class Composite:
             The model to explain (in eval mode).
         example_input
             An input (tensor or tuple of tensors) used to find the execution order
-            when the composite has positional primitives.  Without it the order is
-            taken on the first forward inside the block.
+            and the structure canonizers need.  Without it they are found on the
+            first forward inside the block.
         """
-        with apply_canonizers(model, self.canonizers):
-            attachment = Attachment(self, model)
-            try:
-                if example_input is not None or not self.positional:
-                    attachment.resolve(example_input)
-                else:
-                    attachment.resolve_on_first_call()
-                yield attachment
-            finally:
-                attachment.remove()
+        check_model(model)
+        attachment = Attachment(self, model)
+        if example_input is not None or not self.needs_probe:
+            attachment.resolve(example_input)
+        else:
+            attachment.resolve_on_first_call()
+        with attachment.scope:
+            yield attachment
 
     def tree(self, model: nn.Module, example_input=None) -> str:
-        """The model's module tree with the rule each module receives.
-
-        With canonizers, the tree shows the canonized model.
-        """
-        with self.attached(model, example_input) as attachment:
-            if attachment.mapping is None:
-                attachment.resolve(None, allow_registration_order=True)
-            return _tree(model, attachment.mapping or {})
+        """The model's module tree with the rule each module receives, and the op
+        rules.  With canonizers, the tree shows what they substitute."""
+        attachment = Attachment(self, model)
+        attachment.resolve(example_input, allow_registration_order=True)
+        return _tree(model, attachment)
 
 
-def _tree(model: nn.Module, mapping: Mapping[str, R.Rule]) -> str:
+def _tree(model: nn.Module, attachment: "Attachment") -> str:
+    mapping = attachment.mapping or {}
+    sub = attachment.substitution
+    fused = {layer: bn for layer, bn in sub.merged}
+    identities = {bn: layer for layer, bn in sub.merged}
     lines = [type(model).__name__ + (f"  -> {mapping['']!r}" if "" in mapping else "")]
+
+    def note(full: str) -> str:
+        rule = mapping.get(full)
+        text = f"  -> {rule!r}" if rule is not None else ""
+        if full in fused:
+            text += f"  (BatchNorm {fused[full]} fused in)"
+        if full in identities:
+            text += f"  (fused into {identities[full]})"
+        return text
 
     def walk(module: nn.Module, prefix: str, indent: str) -> None:
         children = list(module.named_children())
+        virtual = [(n.rsplit(".", 1)[1], m) for n, m in sub.virtual.items()
+                   if n.rsplit(".", 1)[0] == prefix.rstrip(".") and prefix]
+        children += virtual
         for i, (name, child) in enumerate(children):
             last = i == len(children) - 1
             full = f"{prefix}{name}"
-            rule = mapping.get(full)
             desc = type(child).__name__ if list(child.children()) else repr(child)
-            lines.append(f"{indent}{'└─ ' if last else '├─ '}{name}: {desc}"
-                         + (f"  -> {rule!r}" if rule is not None else ""))
+            lines.append(f"{indent}{'└─ ' if last else '├─ '}{name}: {desc}" + note(full))
             walk(child, full + ".", indent + ("   " if last else "│  "))
 
     walk(model, "", "")
+    ops = attachment.composite.op_maps
+    if ops:
+        lines.append("operations:")
+        for op_map in ops:
+            where = f" (within {op_map.within!r})" if op_map.within is not None else ""
+            for key, rule in op_map.mapping.items():
+                shown = key if isinstance(key, str) else getattr(key, "__name__", repr(key))
+                lines.append(f"  {shown} -> {rule!r}{where}")
     return "\n".join(lines)
 
 
 class Attachment:
-    """Rules of a composite attached to one model (created by :meth:`Composite.attached`)."""
+    """A composite bound to one model (created by :meth:`Composite.bind` and
+    :meth:`Composite.attached`).
+
+    Attributes
+    ----------
+    mapping
+        Module name -> rule (``None`` until resolved).
+    order
+        The execution order used for positional primitives.
+    substitution
+        What the canonizers substitute.
+    scope
+        The :class:`lrp.scope.Scope` to make active (``with attachment.scope:``).
+    """
 
     def __init__(self, composite: Composite, model: nn.Module):
         self.composite = composite
         self.model = model
         self.mapping: Optional[Dict[str, R.Rule]] = None
         self.order: Optional[List[str]] = None
-        self._handles: list = []
+        self.substitution = Substitution()
+        self.scope = Scope(model)
 
     def resolve(self, example_input, allow_registration_order: bool = False) -> None:
-        """Find the execution order (if needed), resolve and attach the rules."""
+        """Find the structure (if needed), resolve the rules and fill the scope."""
+        composite = self.composite
         order = None
-        if self.composite.positional:
-            if example_input is None:
-                if not allow_registration_order:
-                    raise ValueError("an example input is needed to find the execution order")
-                order = [n for n, m in self.model.named_modules() if not list(m.children())]
-            else:
+        if composite.needs_probe and example_input is None:
+            if not allow_registration_order:
+                raise ValueError("an example input is needed to find the execution order "
+                                 "and the model's structure")
+            order = [n for n, m in self.model.named_modules() if not list(m.children())]
+            graph_canonizers = [c for c in composite.canonizers if not c.needs_graph]
+            self.substitution = canonize(self.model, graph_canonizers)
+        else:
+            if composite.positional:
                 order = execution_order(self.model, example_input)
+            self.substitution = canonize(self.model, composite.canonizers, example_input)
         self.order = order
-        self.mapping = self.composite.resolve(self.model, order)
-        self._handles.append(attach_rules(self.model, self.mapping))
+        self.mapping = composite.resolve(self.model, order, self.substitution)
+        modules = dict(self.model.named_modules())
+        modules.update(self.substitution.virtual)
+        scope = self.scope
+        scope.substitution = self.substitution
+        for module in self.substitution.virtual.values():
+            scope.add_member(module)
+        scope.rules = bind_rules(modules, self.mapping, self.substitution)
+        if composite.op_maps:
+            names = {m: n for n, m in modules.items()}
+            scope.ops = OpTable([(m.mapping, m.within) for m in composite.op_maps], names)
 
     def resolve_on_first_call(self) -> None:
         """Defer :meth:`resolve` to the model's first forward inside the block."""
-        def pre_hook(module, args, kwargs):
-            handle.remove()
-            self.resolve(args if len(args) != 1 else args[0])
-        handle = self.model.register_forward_pre_hook(pre_hook, with_kwargs=True)
-        self._handles.append(handle)
-
-    def remove(self) -> None:
-        """Detach every hook (idempotent)."""
-        for handle in reversed(self._handles):
-            handle.remove()
-        self._handles.clear()
+        def on_enter(module: nn.Module, args: tuple) -> None:
+            if self.mapping is None:
+                self.scope.on_enter = None
+                self.resolve(args if len(args) != 1 else args[0])
+        self.scope.on_enter = on_enter
 
 
-def _base(epsilon: float, conv_rule: R.Rule) -> GlobalTypeMap:
-    from .canonizers import LayerNormalization, LayerNormAffine
-    return GlobalTypeMap([
+def default_ops() -> OpMap:
+    """The op rules of the LRP presets: the identity rule for element-wise
+    activations, gates (a broadcast factor) as constants and the uniform rule for other
+    products and matrix products of two activations, the softmax gradient (AttnLRP),
+    and normalizations with their statistic held constant (see :mod:`lrp.ops`)."""
+    from . import ops
+    return OpMap({"activation": ops.Identity(), "product": ops.Gate(), "matmul": ops.Uniform(),
+                  "softmax": ops.Gradient(), "normalization": ops.Normalizer(),
+                  "statistic": ops.Constant()})
+
+
+def _base(epsilon: float, conv_rule: R.Rule) -> Tuple[GlobalTypeMap, OpMap]:
+    from .canonizers import LayerNormAffine, LayerNormalization
+    return (GlobalTypeMap([
         (Convolution, conv_rule),
         (Dense, R.Epsilon(epsilon)),
         (AvgPooling, R.Norm()),
         (BatchNorm, R.Pass()),
         (Activation, R.Pass()),
         (gating_types(), R.Pass()),
-        ((nn.LayerNorm, LayerNormalization), R.LayerNormRule()),
+        (R.NORMALIZATION_LAYERS + (LayerNormalization,), R.LayerNormRule()),
         (LayerNormAffine, R.Epsilon(epsilon)),
-    ])
+    ]), default_ops())
 
 
 def EpsilonGammaBox(low: Union[float, torch.Tensor] = -3.0, high: Union[float, torch.Tensor] = 3.0,
@@ -420,7 +568,7 @@ def EpsilonGammaBox(low: Union[float, torch.Tensor] = -3.0, high: Union[float, t
     (convolutions feeding residual sums, as in ResNets), where the plain gamma
     denominator crosses zero.
     """
-    return Composite(_base(epsilon, R.GeneralizedGamma(gamma)),
+    return Composite(*_base(epsilon, R.GeneralizedGamma(gamma)),
                      FirstLayerTypeMap([(Linear, R.ZBox(low, high))]),
                      canonizers=canonizers, name="EpsilonGammaBox")
 
@@ -428,27 +576,27 @@ def EpsilonGammaBox(low: Union[float, torch.Tensor] = -3.0, high: Union[float, t
 def EpsilonPlus(*, epsilon: float = 1e-6,
                 canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
     """Epsilon for dense layers, ZPlus for convolutions."""
-    return Composite(_base(epsilon, R.ZPlus()), canonizers=canonizers, name="EpsilonPlus")
+    return Composite(*_base(epsilon, R.ZPlus()), canonizers=canonizers, name="EpsilonPlus")
 
 
 def EpsilonAlpha2Beta1(*, epsilon: float = 1e-6,
                        canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
     """Epsilon for dense layers, AlphaBeta(2, 1) for convolutions."""
-    return Composite(_base(epsilon, R.AlphaBeta(2.0, 1.0)), canonizers=canonizers,
+    return Composite(*_base(epsilon, R.AlphaBeta(2.0, 1.0)), canonizers=canonizers,
                      name="EpsilonAlpha2Beta1")
 
 
 def EpsilonPlusFlat(*, epsilon: float = 1e-6,
                     canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
     """EpsilonPlus with Flat at the first convolution/dense layer."""
-    return Composite(_base(epsilon, R.ZPlus()), FirstLayerTypeMap([(Linear, R.Flat())]),
+    return Composite(*_base(epsilon, R.ZPlus()), FirstLayerTypeMap([(Linear, R.Flat())]),
                      canonizers=canonizers, name="EpsilonPlusFlat")
 
 
 def EpsilonAlpha2Beta1Flat(*, epsilon: float = 1e-6,
                            canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
     """EpsilonAlpha2Beta1 with Flat at the first convolution/dense layer."""
-    return Composite(_base(epsilon, R.AlphaBeta(2.0, 1.0)),
+    return Composite(*_base(epsilon, R.AlphaBeta(2.0, 1.0)),
                      FirstLayerTypeMap([(Linear, R.Flat())]),
                      canonizers=canonizers, name="EpsilonAlpha2Beta1Flat")
 
@@ -464,7 +612,8 @@ def ExcitationBackprop(*, canonizers: Optional[Sequence[Canonizer]] = None) -> C
 def GuidedBackprop(*, canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
     """Guided backpropagation (Springenberg et al. 2015): ReLU modules pass only
     positive gradients.  The explanation is the modified gradient."""
-    return Composite(GlobalTypeMap([(nn.ReLU, R.GuidedBackprop())]),
+    from . import ops
+    return Composite(GlobalTypeMap([(nn.ReLU, R.GuidedBackprop())]), OpMap({"relu": ops.Guided()}),
                      canonizers=canonizers, attribution="gradient", name="GuidedBackprop")
 
 
@@ -473,6 +622,6 @@ __all__ = [
     "LastLayerMap", "GlobalTypeMap", "RangeTypeMap", "FirstLayerTypeMap",
     "LastLayerTypeMap", "FirstNTypeMap", "EpsilonGammaBox", "EpsilonPlus",
     "EpsilonAlpha2Beta1", "EpsilonPlusFlat", "EpsilonAlpha2Beta1Flat",
-    "ExcitationBackprop", "GuidedBackprop", "Convolution", "Dense", "Linear",
+    "ExcitationBackprop", "GuidedBackprop", "OpMap", "default_ops", "Convolution", "Dense", "Linear",
     "AvgPooling", "BatchNorm", "Activation", "gating_types", "Dropout",
 ]

@@ -45,14 +45,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attach import attach_rules, classifier_output, run_model
+from .attach import bind_rules, classifier_output, run_model
 from .audit import AuditReport, CoverageError
 from .core import Trace, tracing
-from .deeplift_rules import (RULES, DeepLiftAuditor, DeepLiftState, activated,
-                             check_streams, recording, rules_for, uncovered_message)
+from .deeplift_rules import (RULES, DeepLiftAuditor, DeepLiftOps, DeepLiftState, activated,
+                             check_streams, record_call, rules_for, uncovered_message)
 from .batching import RowSums, model_outputs, positive_int, show_progress
 from .explanation import Explanation
 from .gradients import _baseline, _check_background, _session
+from .explain import final_softmax
+from .scope import Scope, Substitution
 from .targets import (Target, check_class_target, check_inputs, output_seeds, pick,
                       resolve_target, target_sums)
 
@@ -87,18 +89,25 @@ def _check_options(rule: str, audit: str) -> None:
 
 
 def _deeplift_pass(model: nn.Module, rows: Tensor, refs: Tensor, rule: str,
-                   resolve: Callable[[Tensor], Tensor], audit: str) -> _Pass:
+                   resolve: Callable[[Tensor], Tensor], audit: str,
+                   strip_softmax: bool = False) -> _Pass:
     """DeepLift of ``rows`` (``g * n`` inputs) against ``refs`` (``g`` references;
     row ``i`` pairs with reference ``i // n``).  ``resolve(output)`` gives the targets."""
     groups = refs.shape[0]
-    state = DeepLiftState(groups, {m: name for name, m in model.named_modules()})
-    mapping = rules_for(model, rule)
+    names = {m: name for name, m in model.named_modules()}
+    state = DeepLiftState(groups, dict(names))
+    modules = dict(model.named_modules())
+    last = final_softmax(model, rows) if strip_softmax else None
+    scope = Scope(model, rules=bind_rules(modules, rules_for(model, rule)),
+                  substitution=Substitution(identity={last} if last is not None else set()),
+                  ops=DeepLiftOps(rule, names), observers=[record_call])
     delta = (state.grouped(rows) - refs.unsqueeze(1)).reshape(rows.shape)
     auditor = DeepLiftAuditor(model) if audit != "off" else None
+    if auditor is not None:
+        scope.observers.append(auditor.observe)
     report = None
     with contextlib.ExitStack() as stack:
-        stack.enter_context(attach_rules(model, mapping))
-        stack.enter_context(recording(model, mapping))
+        stack.enter_context(scope)
         stack.enter_context(activated(state))
         state.phase = "reference"
         with torch.no_grad():
@@ -115,9 +124,6 @@ def _deeplift_pass(model: nn.Module, rows: Tensor, refs: Tensor, rule: str,
             stream = torch.cat(leaves)
         state.phase = "explain"
         trace = Trace(inputs=[stream])
-        if auditor is not None:
-            stack.callback(auditor.remove)
-            auditor.attach()
         with torch.enable_grad(), tracing(trace):
             out = classifier_output(run_model(model, stream))
         state.check_consumed()
@@ -131,7 +137,6 @@ def _deeplift_pass(model: nn.Module, rows: Tensor, refs: Tensor, rule: str,
             root = top + bottom
         if auditor is not None:
             report = auditor.report(root, trace.calls)
-            auditor.remove()
             _handle_audit(report, audit)
     t = resolve(output.detach())
     grads: List[List[Tensor]] = []
@@ -211,7 +216,7 @@ def deeplift(model: nn.Module, inputs: Tensor, target: Target = None, *,
         raise ValueError(str(err).replace("baseline", "reference")) from None
     with _session(model, x, strip_softmax):
         result = _deeplift_pass(model, x, refs, rule, lambda out: resolve_target(target, out),
-                                audit)
+                                audit, strip_softmax)
     ref_out = result.reference_output.expand_as(result.output)
     convergence = target_sums(result.relevance, result.target) - (
         pick(result.output, result.target) - pick(ref_out, result.target))
@@ -275,7 +280,7 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, background: Tensor,
                 rows = x[a:b].repeat(k, *([1] * (x.dim() - 1)))
                 t_rows = t[a:b].repeat(k, *([1] * (t.dim() - 1)))
                 result = _deeplift_pass(model, rows, bg[j0:j1], rule,
-                                        lambda out, t_rows=t_rows: t_rows, mode)
+                                        lambda out, t_rows=t_rows: t_rows, mode, strip_softmax)
                 if mode != "off":
                     report, mode = result.audit, "off"
                 total.add(a, b, result.relevance.reshape(k, b - a, *result.relevance.shape[1:])

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import math
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -45,7 +47,9 @@ from .audit import Auditor, op_name
 from .composites import Activation
 from .core import Gradient, Term, rule_output
 from .layers import is_weighted, layer_forward
+from .ops import _in_place_result, _out_of_place
 from .rules import Rule
+from .scope import current_module
 
 #: Element-wise activations DeepLift has a rule for (scalar functions, no parameters).
 ELEMENTWISE = (nn.ReLU,) + Activation + (nn.LogSigmoid, nn.Softsign, nn.Tanhshrink)
@@ -147,23 +151,126 @@ def _state() -> DeepLiftState:
     return state
 
 
-@contextlib.contextmanager
-def recording(model: nn.Module, mapping: Dict[str, Rule]) -> Iterator[None]:
-    """Record input and output of the ruled non-linear modules in no-grad passes."""
-    def hook(module: nn.Module, args: tuple, output) -> None:
-        state = _STATE.get()
-        if (state is not None and state.phase in state.calls and not torch.is_grad_enabled()
-                and args and isinstance(args[0], Tensor) and isinstance(output, Tensor)):
-            state.record(module, args[0], output)
+def record_call(module: nn.Module, args: tuple, output) -> None:
+    """Scope observer: record input and output of the non-linear modules in the
+    no-grad passes (reference, and RevealCancel's true input)."""
+    state = _STATE.get()
+    if (state is not None and state.phase in state.calls and not torch.is_grad_enabled()
+            and isinstance(module, ELEMENTWISE + MAX_POOLING)
+            and args and isinstance(args[0], Tensor) and isinstance(output, Tensor)):
+        state.record(module, args[0], output)
+    return None
 
-    modules = dict(model.named_modules())
-    handles = [modules[name].register_forward_hook(hook) for name, rule in mapping.items()
-               if isinstance(modules[name], ELEMENTWISE + MAX_POOLING)]
+
+def _defaults(func: Callable, args: tuple, kwargs: dict) -> Dict[str, object]:
+    """The arguments of a functional call by parameter name (defaults filled in)."""
     try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+        bound = inspect.signature(func).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return {}
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _pool_module(kind: type, a: Dict[str, object]) -> nn.Module:
+    if kind in _ADAPTIVE_MAX_POOL:
+        return kind(a["output_size"])
+    return kind(a["kernel_size"], a.get("stride"), a.get("padding", 0), a.get("dilation", 1),
+                ceil_mode=bool(a.get("ceil_mode", False)))
+
+
+#: Functional operation -> the equivalent module (built from the call's arguments).
+_OP_MODULES: Dict[Callable, Callable[[Dict[str, object]], nn.Module]] = {}
+for _names, _make in (
+        (("relu", "relu_"), lambda a: nn.ReLU()),
+        (("leaky_relu", "leaky_relu_"), lambda a: nn.LeakyReLU(a.get("negative_slope", 0.01))),
+        (("sigmoid", "sigmoid_", "expit"), lambda a: nn.Sigmoid()),
+        (("tanh", "tanh_"), lambda a: nn.Tanh()),
+        (("gelu",), lambda a: nn.GELU(approximate=a.get("approximate", "none"))),
+        (("silu",), lambda a: nn.SiLU()), (("mish",), lambda a: nn.Mish()),
+        (("hardswish",), lambda a: nn.Hardswish()), (("hardsigmoid",), lambda a: nn.Hardsigmoid()),
+        (("softplus",), lambda a: nn.Softplus(a.get("beta", 1.0), a.get("threshold", 20.0))),
+        (("elu", "elu_"), lambda a: nn.ELU(a.get("alpha", 1.0))),
+        (("selu", "selu_"), lambda a: nn.SELU()),
+        (("celu", "celu_"), lambda a: nn.CELU(a.get("alpha", 1.0))),
+        (("hardtanh", "hardtanh_"), lambda a: nn.Hardtanh(a.get("min_val", -1.0), a.get("max_val", 1.0))),
+        (("relu6",), lambda a: nn.ReLU6()), (("logsigmoid",), lambda a: nn.LogSigmoid()),
+        (("softsign",), lambda a: nn.Softsign()), (("tanhshrink",), lambda a: nn.Tanhshrink()),
+        (("threshold", "threshold_"), lambda a: nn.Threshold(a["threshold"], a["value"]))):
+    for _name in _names:
+        for _space in (torch, F, Tensor, torch.special):
+            _fn = getattr(_space, _name, None)
+            if _fn is not None:
+                _OP_MODULES.setdefault(_fn, _make)
+for _kind, _fn in list(_MAX_POOL.items()) + list(_ADAPTIVE_MAX_POOL.items()):
+    _OP_MODULES[_fn] = partial(_pool_module, _kind)
+
+
+class DeepLiftOps:
+    """DeepLift for functional non-linearities (``F.relu(x)`` in a ``forward``,
+    ``torch.sigmoid``, ``F.max_pool2d``, ...): each call site gets the module that
+    computes the same function (``nn.ReLU``, ``nn.MaxPool2d(...)``), built once
+    from the call's arguments, and that module's rule -- recorded in the no-grad
+    passes, applied in the gradient pass, exactly like a module of the model.
+
+    An op table for :class:`lrp.scope.Scope` (``rule(func, module, stack)``).
+    """
+
+    def __init__(self, rule: str, names: Dict[nn.Module, str]):
+        self.reveal = rule == "reveal_cancel"
+        self.names = names
+        self._sites: Dict[tuple, nn.Module] = {}
+
+    def __bool__(self) -> bool:
+        return True
+
+    def rule(self, func: Callable, module: Optional[nn.Module], stack) -> Optional["_OpSite"]:
+        if func not in _OP_MODULES:
+            return None
+        return _OpSite(self, func)
+
+    def site(self, func: Callable, args: tuple, kwargs: dict) -> nn.Module:
+        """The module standing for this call site (same object in every pass)."""
+        owner = current_module()
+        a = _defaults(func, args, kwargs)
+        settings = tuple(sorted((k, repr(v)) for k, v in a.items()
+                                if k not in ("input", "self", "inplace", "return_indices")))
+        key = (func, id(owner), settings)
+        module = self._sites.get(key)
+        if module is None:
+            module = self._sites[key] = _OP_MODULES[func](a)
+            where = self.names.get(owner, "") if owner is not None else ""
+            state = _STATE.get()
+            if state is not None:
+                state.names[module] = f"{where or '<model forward>'}: {getattr(func, '__name__', func)}"
+        return module
+
+
+class _OpSite:
+    """The DeepLift op rule of one intercepted call."""
+
+    def __init__(self, ops: DeepLiftOps, func: Callable):
+        self.ops = ops
+        self.func = func
+
+    def apply(self, func, args, kwargs):
+        module = self.ops.site(func, args, kwargs)
+        x = args[0]
+        plain, plain_kwargs, inplace = _out_of_place(func, args, kwargs)
+        out = plain(*args, **plain_kwargs)
+        if isinstance(out, tuple):  # return_indices=True: leave it alone
+            return out
+        if not torch.is_grad_enabled():
+            # copies: an in-place call overwrites its input, and later functional code
+            # often works in place on an op's output (``F.relu(h, inplace=True)``)
+            record_call(module, (x.clone() if inplace else x,), out.clone())
+            return _in_place_result(x, out) if inplace else out
+        if isinstance(module, MAX_POOLING):
+            rule = _REVEAL_POOL if self.ops.reveal else _RESCALE_POOL
+        else:
+            rule = _REVEAL if self.ops.reveal else _RESCALE
+        result = rule.apply(module, (x,), out, None)
+        return _in_place_result(x, result) if inplace else result
 
 
 # --------------------------------------------------------------------------- helpers
@@ -468,14 +575,14 @@ class SignedLinear(Rule):
     def supports(self, module):
         return is_weighted(module)
 
-    def prepare(self, module):
-        w = module.weight.detach()
-        return {"w+": w.clamp(min=0), "w-": w.clamp(max=0), "w": w}
+    def prepare(self, module, params):
+        w = params["weight"]
+        return {"w+": w.clamp(min=0), "w-": w.clamp(max=0), "w": w, "b": params["bias"]}
 
     def apply(self, module, inputs, output, prepared, recorder=None):
         p, n = _halves(inputs[0])
         out_p, out_n = _halves(output)
-        bias = getattr(module, "bias", None)
+        bias = prepared["b"]
         if bias is None:
             shape: Optional[Tuple[int, ...]] = None
         elif isinstance(module, nn.Linear):
@@ -499,7 +606,7 @@ class SignedBatchNorm(Rule):
     def supports(self, module):
         return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
-    def prepare(self, module):
+    def prepare(self, module, params):
         if module.running_var is None:
             return None
         scale = torch.rsqrt(module.running_var.detach() + module.eps)

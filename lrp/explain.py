@@ -1,31 +1,49 @@
 """The entry point of LRP: :func:`explain`."""
 from __future__ import annotations
 
-import contextlib
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .attach import classifier_output, execution_order, run_model
+from .attach import check_model, classifier_output, run_model
 from .audit import AuditReport, Auditor, handle_report
 from .composites import Attachment, Composite
 from .core import Trace, mark_rectified, tracing
+from .probe import execution_order
 from .explanation import Explanation
 from .targets import Target, check_inputs, output_seeds, resolve_target
 
 _SOFTMAX_LIKE = (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)
 
 
-def _attach(stack: contextlib.ExitStack, composite: Composite, model: nn.Module,
-            x: Tensor) -> Attachment:
-    """Attach ``composite`` to ``model`` until ``stack`` closes; a composite that rules
-    no module of the model is an error."""
-    attachment = stack.enter_context(composite.attached(model, x))
-    if not attachment.mapping and composite.primitives:
+def bind(composite: Composite, model: nn.Module, x, *, strip_softmax: bool = False,
+         audit: str = "off") -> Tuple[Attachment, Optional[Auditor]]:
+    """Check the model, bind ``composite`` to it for the input ``x`` and add what every
+    method's forward needs: the final softmax stripped if asked for, and an auditor
+    stamping the graph when ``audit`` is on.  A composite that rules no module of the
+    model (and has no op rules) is an error."""
+    check_model(model)
+    attachment = composite.bind(model, x)
+    if not attachment.mapping and not composite.op_maps and composite.primitives:
         raise ValueError(f"{composite.name} assigns no rule to any module of "
                          f"{type(model).__name__}")
-    return attachment
+    if strip_softmax:
+        last = final_softmax(model, x)
+        if last is not None:
+            attachment.substitution.identity.add(last)
+    auditor = None
+    if audit != "off":
+        auditor = Auditor(model, attachment.substitution.virtual)
+        attachment.scope.observers.append(auditor.observe)
+    return attachment, auditor
+
+
+def final_softmax(model: nn.Module, x) -> Optional[nn.Module]:
+    """The model's last executed module if it is a softmax / log-softmax / sigmoid."""
+    order = execution_order(model, x)
+    last = dict(model.named_modules()).get(order[-1]) if order else None
+    return last if isinstance(last, _SOFTMAX_LIKE) else None
 
 
 def _finish_forward(output: Tensor, trace: Trace, auditor: Optional[Auditor],
@@ -37,24 +55,8 @@ def _finish_forward(output: Tensor, trace: Trace, auditor: Optional[Auditor],
     if auditor is None:
         return None
     report = auditor.report(output, trace.calls, attachment.mapping or {})
-    auditor.remove()
     handle_report(report, audit)
     return report
-
-
-@contextlib.contextmanager
-def _stripped_softmax(model: nn.Module, order: Optional[Sequence[str]], enabled: bool):
-    """Make the model's final softmax/sigmoid module the identity for the block."""
-    modules = dict(model.named_modules())
-    last = modules.get(order[-1]) if enabled and order else None
-    if last is None or not isinstance(last, _SOFTMAX_LIKE):
-        yield
-        return
-    last.forward = lambda x: x  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del last.forward
 
 
 def explain(
@@ -125,41 +127,35 @@ def explain(
             return None
         trace.record = recorder
 
-    auditor = Auditor(model) if audit != "off" else None
-    with contextlib.ExitStack() as stack:
-        attachment = _attach(stack, composite, model, x)
-        missing = wanted - set(attachment.mapping or {})
-        if missing:
-            raise ValueError(f"cannot record {sorted(missing)}: no rule is attached there")
-        order = attachment.order
-        if strip_softmax and order is None:
-            order = execution_order(model, x)
-        stack.enter_context(_stripped_softmax(model, order, strip_softmax))
-        if auditor is not None:
-            stack.callback(auditor.remove)
-            auditor.attach()
-        with torch.enable_grad(), tracing(trace):
-            output = classifier_output(run_model(model, x))
-        report = _finish_forward(output, trace, auditor, attachment, audit)
-        t = resolve_target(target, output)
-        seeds = output_seeds(output, target, t, output_relevance == "normalized")
-        relevances = []
-        for k, seed in enumerate(seeds):
-            trace.reset_grads()
-            leaves = [x] + [leaf for _, ls in trace.sinks for leaf in ls]
+    attachment, auditor = bind(composite, model, x, strip_softmax=strip_softmax, audit=audit)
+    missing = wanted - set(attachment.mapping or {})
+    if missing:
+        raise ValueError(f"cannot record {sorted(missing)}: no rule is attached there")
+    with attachment.scope, torch.enable_grad(), tracing(trace):
+        output = classifier_output(run_model(model, x))
+    report = _finish_forward(output, trace, auditor, attachment, audit)
+    t = resolve_target(target, output)
+    seeds = output_seeds(output, target, t, output_relevance == "normalized")
+    relevances = []
+    for k, seed in enumerate(seeds):
+        trace.reset_grads()
+        leaves = [x] + [leaf for _, ls in trace.sinks for leaf in ls]
+        if output.requires_grad:
             grads = torch.autograd.grad(output, leaves, seed, retain_graph=k < len(seeds) - 1,
                                         allow_unused=True)
-            for leaf, g in zip(leaves, grads):
-                leaf.grad = g
-            if composite.attribution == "gradient":
-                if trace.sinks:
-                    raise ValueError(
-                        f"{composite.name}: a rule at the input (Flat, WSquare or ZBox) "
-                        "returns relevance, not a modified gradient; use it with "
-                        "attribution='relevance'")
-                relevances.append(x.grad if x.grad is not None else torch.zeros_like(x))
-            else:
-                relevances.append(trace.input_relevance(x))
+        else:  # the output does not depend on the input
+            grads = (None,) * len(leaves)
+        for leaf, g in zip(leaves, grads):
+            leaf.grad = g
+        if composite.attribution == "gradient":
+            if trace.sinks:
+                raise ValueError(
+                    f"{composite.name}: a rule at the input (Flat, WSquare or ZBox) "
+                    "returns relevance, not a modified gradient; use it with "
+                    "attribution='relevance'")
+            relevances.append(x.grad if x.grad is not None else torch.zeros_like(x))
+        else:
+            relevances.append(trace.input_relevance(x))
     multi = t is not None and t.dim() == 2
     relevance = torch.stack(relevances, 1) if multi else relevances[0]
     layer_rel = {}

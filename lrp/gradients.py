@@ -41,14 +41,17 @@ import torch
 from torch import Tensor, nn
 
 from . import rules as R
-from .attach import classifier_output, execution_order, run_model
+from .attach import check_model, classifier_output, execution_order, run_model
 from .audit import AuditReport, op_name
-from .composites import Activation, Composite, Dropout
-from .core import graph_nodes
 from .batching import (RowSums, Seed, make_generator, model_outputs, per_sample, positive_int,
                        randn_like, run_chunked)
-from .explain import _stripped_softmax, explain
+from .composites import Activation, Composite, Dropout, GlobalTypeMap
+from .core import graph_nodes
+from .explain import explain, final_softmax
 from .explanation import Explanation
+from .probe import probe
+from .rules import Rule
+from .scope import Scope, Substitution
 from .targets import (Target, check_class_target, check_inputs, layout, pick, resolve_target,
                       target_sums)
 
@@ -84,37 +87,22 @@ def _method(name: str, composite: Composite | None) -> str:
 
 @contextlib.contextmanager
 def _session(model: nn.Module, x: Tensor, strip_softmax: bool):
-    """The model as the method sees it: final softmax stripped if asked for."""
-    order = execution_order(model, x) if strip_softmax else None
-    with _stripped_softmax(model, order, strip_softmax):
+    """The model as the method's own no-gradient passes see it: checked, and its final
+    softmax stripped if asked for (the explanations inside pass ``strip_softmax`` to
+    :func:`lrp.explain`, whose scope shadows this one)."""
+    check_model(model)
+    last = final_softmax(model, x) if strip_softmax else None
+    with Scope(model, substitution=Substitution(identity={last} if last is not None else set())):
         yield
 
 
 def _check_modified_gradient(model: nn.Module, x: Tensor, composite: Composite) -> None:
     """Raise if a rule of ``composite`` returns exact (non ``x * grad``) relevance at the
     model input, where no modified gradient exists."""
-    sample = x[:1]
-    with composite.attached(model, sample) as attachment:
-        modules = dict(model.named_modules())
-        suspects = [n for n, rule in (attachment.mapping or {}).items()
-                    if isinstance(rule, _EXACT_AT_INPUT)]
-        found: list[str] = []
-
-        def hook(name):
-            def pre_hook(module, args):
-                if args and args[0] is sample:
-                    found.append(name)
-            return pre_hook
-
-        handles = [modules[n].register_forward_pre_hook(hook(n)) for n in suspects]
-        try:
-            if handles:
-                with torch.no_grad():
-                    run_model(model, sample)
-        finally:
-            for h in handles:
-                h.remove()
-        rules = {n: attachment.mapping[n] for n in found} if found else {}
+    mapping = composite.bind(model, x).mapping or {}
+    fed = probe(model, x).input_fed
+    rules = {n: rule for n, rule in mapping.items()
+             if isinstance(rule, _EXACT_AT_INPUT) and n in fed}
     if rules:
         desc = ", ".join(f"{r!r} on {n!r}" for n, r in rules.items())
         raise ValueError(
@@ -144,16 +132,19 @@ class _Attributor:
     plain gradient needs no rule coverage).
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, composite: Composite | None, kind: str):
+    def __init__(self, model: nn.Module, x: Tensor, composite: Composite | None, kind: str,
+                 strip_softmax: bool = False):
         if kind == "gradient" and composite is not None:
             _check_modified_gradient(model, x, composite)
         self.model = model
+        self.strip_softmax = strip_softmax
         self.inner, self.times_input = _engine(composite, kind)
         self.audit_mode = "warn" if composite is not None else "off"
         self.audit: AuditReport | None = None
 
     def explain(self, z: Tensor, target: Target) -> Explanation:
-        e = explain(self.model, z, self.inner, target=target, audit=self.audit_mode)
+        e = explain(self.model, z, self.inner, target=target, audit=self.audit_mode,
+                    strip_softmax=self.strip_softmax)
         if self.audit_mode != "off":
             self.audit, self.audit_mode = e.audit, "off"
         if self.times_input:
@@ -189,7 +180,7 @@ def _single_pass(model, inputs, target, composite, kind, strip_softmax, name) ->
     check_inputs(inputs)
     check_class_target(target)
     with _session(model, inputs, strip_softmax):
-        e = _Attributor(model, inputs, composite, kind).explain(inputs, target)
+        e = _Attributor(model, inputs, composite, kind, strip_softmax).explain(inputs, target)
     return Explanation(e.relevance, e.output, e.target, _method(name, composite), audit=e.audit)
 
 
@@ -306,7 +297,7 @@ def smoothgrad(model: nn.Module, inputs: Tensor, *, target: Target = None,
     with _session(model, inputs, strip_softmax):
         x, output, t = _prepare(model, inputs, target, batch_size)
         attributor = _Attributor(model, x, composite, "x_input" if mode == "x_input"
-                                 else "gradient")
+                                 else "gradient", strip_softmax)
         sigma = level * _per_sample_range(x)
         total: Tensor | None = None
         squares: Tensor | None = None
@@ -426,7 +417,7 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, *, target: Target = N
     with _session(model, inputs, strip_softmax):
         x, output, t = _prepare(model, inputs, target, batch_size)
         base = _baseline(baseline, x)
-        attributor = _Attributor(model, x, composite, "gradient")
+        attributor = _Attributor(model, x, composite, "gradient", strip_softmax)
         delta = x - base
         total = RowSums(x.shape[0])
 
@@ -507,7 +498,7 @@ def expected_gradients(model: nn.Module, inputs: Tensor, background: Tensor, *,
         index = torch.randint(bg.shape[0], shape, generator=generator, device=device).to(x.device)
         alpha = torch.rand(shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
         sigma = level * _per_sample_range(x)
-        attributor = _Attributor(model, x, composite, "gradient")
+        attributor = _Attributor(model, x, composite, "gradient", strip_softmax)
         total = RowSums(x.shape[0])
 
         def make_pass(p: int) -> Tensor:
@@ -654,10 +645,12 @@ _DENSE_OPS = {
 }
 
 
-def _straight_through(module: nn.Module, args: tuple, output):
+class _StraightThrough(Rule):
     """The activation's value with the identity as gradient (activations are skipped)."""
-    a = args[0]
-    return output.detach() + (a - a.detach())
+
+    def apply(self, module, inputs, output, prepared, recorder=None):
+        a = inputs[0]
+        return output.detach() + (a - a.detach())
 
 
 def connection_weights(model: nn.Module, inputs: Tensor, *, target: Target = None,
@@ -710,21 +703,10 @@ def connection_weights(model: nn.Module, inputs: Tensor, *, target: Target = Non
         output = classifier_output(run_model(model, x))
     t = resolve_target(target, output)
     sample = x[:1].clone().requires_grad_(True)
-    handles, inplace = [], []
-    try:
-        for module in modules.values():
-            if isinstance(module, _ACTIVATIONS):
-                if getattr(module, "inplace", False) is True:
-                    module.inplace = False  # type: ignore[assignment]
-                    inplace.append(module)
-                handles.append(module.register_forward_hook(_straight_through))
-        with torch.enable_grad():
-            linear = run_model(model, sample)
-    finally:
-        for h in handles:
-            h.remove()
-        for module in inplace:
-            module.inplace = True  # type: ignore[assignment]
+    skipped = Composite(GlobalTypeMap([(_ACTIVATIONS, _StraightThrough())]),
+                        name="ConnectionWeights")
+    with skipped.bind(model, sample).scope, torch.enable_grad():
+        linear = run_model(model, sample)
     if linear.grad_fn is None:
         raise ValueError("the model output does not depend on its input")
     ops = sorted({op_name(node) for node in graph_nodes(linear.grad_fn, lambda n: False)

@@ -33,15 +33,18 @@ from .layers import is_weighted, layer_forward
 
 Params = Dict[str, Optional[Tensor]]
 
-_ELEMENTWISE_NORMS = (nn.LayerNorm,)
+#: Normalization layers :class:`LayerNormRule` handles by type.
+NORMALIZATION_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm) + (
+    (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
-def _params(module: nn.Module) -> Params:
+def own_parameters(module: nn.Module) -> Params:
+    """``module``'s weight and bias, detached (``None`` where it has none)."""
     weight = getattr(module, "weight", None)
     bias = getattr(module, "bias", None)
     return {
-        "weight": None if weight is None else weight.detach(),
-        "bias": None if bias is None else bias.detach(),
+        "weight": weight.detach() if isinstance(weight, Tensor) else None,
+        "bias": bias.detach() if isinstance(bias, Tensor) else None,
     }
 
 
@@ -55,8 +58,9 @@ class Rule:
     """Base class of all rules.
 
     Subclasses implement :meth:`apply`; :meth:`prepare` precomputes whatever the
-    rule needs once per attach (modified parameters), and :meth:`supports` says
-    which modules the rule can be attached to.
+    rule needs from the module's parameters (modified parameters; reused while the
+    parameters are unchanged), and :meth:`supports` says which modules the rule can
+    be attached to.
     """
 
     #: Parameters shown by ``repr``; subclasses list their constructor arguments.
@@ -66,9 +70,11 @@ class Rule:
         """Whether the rule can be attached to ``module``."""
         return True
 
-    def prepare(self, module: nn.Module) -> Any:
-        """Per-attach precomputation for ``module`` (default: nothing)."""
-        return None
+    def prepare(self, module: nn.Module, params: Params) -> Any:
+        """Precomputation for ``module`` from the parameters it computes with
+        (``params``: ``{"weight": ..., "bias": ...}``, detached; a canonizer may have
+        substituted them, e.g. BatchNorm fused in).  Default: the parameters."""
+        return params
 
     def apply(self, module: nn.Module, inputs: tuple, output: Tensor, prepared: Any,
               recorder=None) -> Tensor:
@@ -116,21 +122,17 @@ class BasicRule(Rule):
     def supports(self, module: nn.Module) -> bool:
         return is_weighted(module) or not self._modifies_parameters()
 
-    def prepare(self, module: nn.Module) -> Optional[Params]:
+    def prepare(self, module: nn.Module, params: Params) -> Params:
         if not self._modifies_parameters():
-            return None
-        return {k: None if p is None else self.modify_parameter(p, k)
-                for k, p in _params(module).items()}
+            return params
+        return {k: None if p is None else self.modify_parameter(p, k) for k, p in params.items()}
 
-    def terms(self, module: nn.Module, a: Tensor, output: Tensor,
-              params: Optional[Params]) -> List[Term]:
+    def terms(self, module: nn.Module, a: Tensor, output: Tensor, params: Params) -> List[Term]:
         """The modified forwards of this rule (default: one, from the modified pieces)."""
-        if params is None and not self._modifies_input():
+        if not self._modifies_parameters() and not self._modifies_input():
             return [Term(output)]
         x = self.modify_input(a)
-        if params is None and is_weighted(module):
-            params = _params(module)
-        if params is None:
+        if not is_weighted(module):
             return [Term(layer_forward(module, x))]
         return [Term(layer_forward(module, x, params["weight"], params["bias"]))]
 
@@ -230,8 +232,8 @@ class AlphaBeta(BasicRule):
     def supports(self, module):
         return is_weighted(module)
 
-    def prepare(self, module):
-        p = _params(module)
+    def prepare(self, module, params):
+        p = params
         return {"w+": _positive(p["weight"]), "w-": _negative(p["weight"]),
                 "b+": _positive(p["bias"]), "b-": _negative(p["bias"])}
 
@@ -279,9 +281,8 @@ class GeneralizedGamma(BasicRule):
     def supports(self, module):
         return is_weighted(module)
 
-    def prepare(self, module):
-        p = _params(module)
-        w, b, g = p["weight"], p["bias"], self.gamma
+    def prepare(self, module, params):
+        w, b, g = params["weight"], params["bias"], self.gamma
         return {"weight": w, "bias": b, "w_up": w + g * w.clamp(min=0),
                 "b_up": None if b is None else b + g * b.clamp(min=0)}
 
@@ -362,8 +363,8 @@ class Flat(BasicRule):
     def supports(self, module):
         return is_weighted(module)
 
-    def prepare(self, module):
-        return {"weight": torch.ones_like(module.weight.detach()), "bias": None}
+    def prepare(self, module, params):
+        return {"weight": torch.ones_like(params["weight"]), "bias": None}
 
     def terms(self, module, a, output, params):
         (ones,) = surrogate_inputs(a, [torch.ones_like(a)])
@@ -373,8 +374,8 @@ class Flat(BasicRule):
 class WSquare(Flat):
     """LRP-w^2: ``R_j = sum_i W_ij^2 R_i / sum_l W_il^2`` (input-independent, like Flat)."""
 
-    def prepare(self, module):
-        return {"weight": module.weight.detach() ** 2, "bias": None}
+    def prepare(self, module, params):
+        return {"weight": params["weight"] ** 2, "bias": None}
 
 
 class ZBox(BasicRule):
@@ -409,8 +410,8 @@ class ZBox(BasicRule):
     def supports(self, module):
         return is_weighted(module)
 
-    def prepare(self, module):
-        w = module.weight.detach()
+    def prepare(self, module, params):
+        w = params["weight"]
         params = {"weight": w, "w+": w.clamp(min=0), "w-": w.clamp(max=0)}
         if getattr(module, "groups", 1) == 1:
             # One layer call on the inputs stacked along the channel axis instead of
@@ -469,27 +470,30 @@ class Pass(Rule):
 
 
 class LayerNormRule(Rule):
-    """LRP for layer normalisation (Ali et al. 2022): the standard deviation is treated
-    as a constant, so relevance passes through the centring and the affine map by
-    LRP-0 (bias absorbs its share)."""
+    """LRP for normalization layers (Ali et al. 2022): the statistic (standard
+    deviation, RMS) is a constant, so the layer is linear in its input and relevance
+    passes through the centring and the affine map by LRP-0 (the bias absorbs its
+    share).
+
+    Runs the layer's own forward with its statistics held constant
+    (:func:`lrp.ops.constant_statistics`), so every normalization normalizes over the
+    axes it really uses: ``nn.LayerNorm`` (trailing dims), torchvision's
+    ``LayerNorm2d`` (the channel axis, via a permute), ``nn.GroupNorm``,
+    ``nn.RMSNorm``, instance norm, and norms written with ``torch.rsqrt``.
+    """
 
     _fields = ()
 
     def supports(self, module):
-        return isinstance(module, nn.LayerNorm) or hasattr(module, "normalized_shape")
+        return isinstance(module, NORMALIZATION_LAYERS) or hasattr(module, "normalized_shape")
+
+    def prepare(self, module, params):
+        return None
 
     def apply(self, module, inputs, output, prepared, recorder=None):
-        a = inputs[0]
-        dims = tuple(range(-len(module.normalized_shape), 0))
-        centered = a - a.mean(dim=dims, keepdim=True)
-        std = torch.sqrt(a.detach().var(dim=dims, unbiased=False, keepdim=True) + module.eps)
-        z = centered / std
-        weight = getattr(module, "weight", None)
-        bias = getattr(module, "bias", None)
-        if weight is not None:
-            z = z * weight.detach()
-        if bias is not None:
-            z = z + bias.detach()
+        from .ops import constant_statistics
+        with constant_statistics():
+            z = module.forward(inputs[0])
         return rule_output(output, [Term(z)], 1e-12, recorder)
 
 

@@ -91,25 +91,26 @@ def test_model_unchanged_and_cache_freed_with_composite():
 
 
 def test_batchnorm_pairs_found_once_per_model_structure(monkeypatch):
-    from lrp import canonizers
-    traced = []
-    find = canonizers._pairs_fx
-    monkeypatch.setattr(canonizers, "_pairs_fx", lambda m: traced.append(1) or find(m))
+    from lrp import attach, canonizers
+    probes = []
+    run = attach.run_model
+    monkeypatch.setattr(attach, "run_model", lambda m, x: probes.append(1) or run(m, x))
     model, x = make_model(), torch.randn(2, 3, 6, 6)
     comp = composite()
     first = relevance(model, x, comp)
     torch.testing.assert_close(relevance(model, x, comp), first)
-    assert len(traced) == 1
-    # a replaced module is a new structure: traced again, and the new layer is used
+    assert len(probes) == 1
+    # a replaced module is a new structure: probed again, and the new layer is used
     model[3] = nn.Conv2d(8, 8, 3, padding=1).eval()
     with torch.no_grad():
         reference = model(x)
-        with MergeBatchNorm().apply(model) as handle:
-            assert handle.merged == [("0", "1"), ("3", "4")]
+        with canonizers.canonized(model, [MergeBatchNorm()], x) as substitution:
+            assert substitution.merged == [("0", "1"), ("3", "4")]
             torch.testing.assert_close(model(x), reference)
+    assert len(probes) == 2
     second = relevance(model, x, comp)
-    assert len(traced) == 3 and not torch.allclose(second, first)
-    # a forward patched onto an instance changes what the graph holds
+    assert len(probes) == 2 and not torch.allclose(second, first)
+    # a forward patched onto an instance changes what the structure holds
     model[2].forward = lambda t: t
     relevance(model, x, comp)
-    assert len(traced) == 4
+    assert len(probes) == 3

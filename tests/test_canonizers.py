@@ -1,13 +1,12 @@
-"""Tests of lrp.canonizers: exact outputs while applied, exact restoration after."""
+"""Tests of lrp.canonizers: exact outputs inside the scope, the model never changed."""
 import pytest
 import torch
 import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lrp.canonizers import (Canonizer, CanonizerHandle, LayerNormAffine, LayerNormalization,
-                            MergeBatchNorm, SequentialCanonizer, SplitLayerNorm,
-                            SplitLayerNormModule, apply_canonizers)
+from lrp.canonizers import (LayerNormAffine, LayerNormalization, MergeBatchNorm, SplitLayerNorm,
+                            canonize, canonized)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -33,7 +32,7 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def snapshot(model: nn.Module):
-    """Everything remove() must restore."""
+    """Everything a canonizer must leave as it was."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     params = [(name, id(p), p.requires_grad) for name, p in model.named_parameters()]
     modules = [(name, id(m)) for name, m in model.named_modules()]
@@ -50,6 +49,8 @@ def assert_restored(model: nn.Module, snap) -> None:
     assert [(n, id(m)) for n, m in model.named_modules()] == modules
     for m in model.modules():
         assert "forward" not in m.__dict__
+        assert not any(k.startswith("_tensor_constant") for k in m.__dict__)
+        assert not m._forward_hooks and not m._forward_pre_hooks
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,61 +100,63 @@ def test_merge_batchnorm_torchvision(arch):
         reference = model(x)
     snap = snapshot(model)
 
-    handle = MergeBatchNorm().apply(model)
-    assert handle.traced
-    fused_bns = {bn for _, bn in handle.merged}
+    with torch.no_grad(), canonized(model, [MergeBatchNorm()], x) as substitution:
+        out = model(x)
+        assert_restored(model, snap)  # nothing changes on the model while canonized
+    fused_bns = {bn for _, bn in substitution.merged}
     want = bn_names(model) if expected is None else expected(model)
     assert fused_bns == want
-    assert len(handle.merged) == EXPECTED_COUNTS[arch]
-    for conv_name, bn_name in handle.merged:
-        assert "forward" in model.get_submodule(bn_name).__dict__
-        assert model.get_submodule(conv_name).bias is not None
-    with torch.no_grad():
-        out = model(x)
+    assert len(substitution.merged) == EXPECTED_COUNTS[arch]
+    modules = dict(model.named_modules())
+    for conv_name, bn_name in substitution.merged:
+        assert modules[bn_name] in substitution.identity
+        assert substitution.params[modules[conv_name]]["bias"] is not None
     # float64 checks the fusion math far below float32 noise (~1e-6 here)
     assert rel_err(out, reference) < 1e-10
-
-    handle.remove()
-    assert_restored(model, snap)
-    handle.remove()  # idempotent
     assert_restored(model, snap)
     with torch.no_grad():
         assert torch.equal(model(x), reference)
+
+
+def test_fused_parameters_match_the_formula():
+    """W' = W s, b' = (b - mean) s + beta with s = gamma / sqrt(var + eps), written out."""
+    torch.manual_seed(0)
+    model = randomize_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))).double().eval()
+    conv, bn = model
+    sub = canonize(model, [MergeBatchNorm()], torch.randn(1, 3, 6, 6, dtype=torch.float64))
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = sub.params[conv]
+    torch.testing.assert_close(fused["weight"], conv.weight * s[:, None, None, None])
+    torch.testing.assert_close(fused["bias"], (conv.bias - bn.running_mean) * s + bn.bias)
+    assert not fused["weight"].requires_grad
 
 
 def test_merge_batchnorm_float32_resnet18():
     torch.manual_seed(0)
     model = randomize_norms(torchvision.models.resnet18(weights=None)).eval()
     x = torch.randn(1, 3, 64, 64)
+    snap = snapshot(model)
     with torch.no_grad():
         reference = model(x)
-        with MergeBatchNorm().apply(model) as handle:
-            assert isinstance(handle, CanonizerHandle)
+        with canonized(model, [MergeBatchNorm()], x) as substitution:
             out = model(x)
-    assert len(handle.merged) == 20
+    assert len(substitution.merged) == 20
     assert rel_err(out, reference) < 1e-4
-    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert_restored(model, snap)
 
 
-def test_requires_grad_and_parameter_identity():
+def test_parameters_and_flags_untouched():
     torch.manual_seed(0)
     model = randomize_norms(torchvision.models.resnet18(weights=None)).eval()
     for p in model.layer1.parameters():
         p.requires_grad_(False)
-    model.conv1.weight.requires_grad_(False)
-    model.bn1.bias.requires_grad_(False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     snap = snapshot(model)
-
-    handle = MergeBatchNorm().apply(model)
-    # new parameters mirror the original flags; conv1 had no bias -> follows weight
-    assert model.conv1.weight.requires_grad is False
-    assert model.conv1.bias.requires_grad is False
-    assert model.layer1[0].conv1.weight.requires_grad is False
-    assert model.layer2[0].conv1.weight.requires_grad is True
-    assert model.layer2[0].conv1.bias.requires_grad is True
-    handle.remove()
-
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    with canonized(model, [MergeBatchNorm()], x):
+        model(x).sum().backward()  # parameters are constants inside the scope
+    assert x.grad is not None
+    assert all(p.grad is None for p in model.parameters())
     assert_restored(model, snap)
     assert model.conv1.bias is None
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
@@ -164,7 +167,8 @@ def test_training_mode_raises():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
     snap = snapshot(model)
     with pytest.raises(ValueError, match="eval"):
-        MergeBatchNorm().apply(model)
+        with canonized(model, [MergeBatchNorm()], torch.randn(1, 3, 6, 6)):
+            pass
     assert_restored(model, snap)
 
 
@@ -199,15 +203,27 @@ class _BatchNormTwice(nn.Module):
         return self.bn(self.conv(x)) + self.bn(x)
 
 
-@pytest.mark.parametrize("cls", [_ResidualFromConv, _ConvTwice, _BatchNormTwice])
+class _InPlaceBetween(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y += x  # the conv output changes in place before the BatchNorm
+        return self.bn(y)
+
+
+@pytest.mark.parametrize("cls", [_ResidualFromConv, _ConvTwice, _BatchNormTwice, _InPlaceBetween])
 def test_not_merged(cls):
     torch.manual_seed(0)
     model = randomize_norms(cls()).eval()
     x = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
         reference = model(x)
-        with MergeBatchNorm().apply(model) as handle:
-            assert handle.traced and handle.merged == []
+        with canonized(model, [MergeBatchNorm()], x) as substitution:
+            assert substitution.merged == []
             assert torch.equal(model(x), reference)
 
 
@@ -219,21 +235,20 @@ class _DataDependent(nn.Module):
 
     def forward(self, x):
         x = self.block(x)
-        if x.sum() > 0:  # fx cannot trace this
+        if x.sum() > 0:  # fx could not trace this
             x = x * 2
         return self.head(x.mean(dim=(2, 3)))
 
 
-def test_sequential_fallback():
+def test_untraceable_model():
     torch.manual_seed(0)
     model = randomize_norms(_DataDependent()).eval()
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         reference = model(x)
     snap = snapshot(model)
-    with torch.no_grad(), MergeBatchNorm().apply(model) as handle:
-        assert not handle.traced
-        assert handle.merged == [("block.0", "block.1"), ("head.0", "head.1")]
+    with torch.no_grad(), canonized(model, [MergeBatchNorm()], x) as substitution:
+        assert substitution.merged == [("block.0", "block.1"), ("head.0", "head.1")]
         assert rel_err(model(x), reference) < 1e-5
     assert_restored(model, snap)
 
@@ -252,8 +267,8 @@ def test_layer_types(layers, shape):
     snap = snapshot(model)
     with torch.no_grad():
         reference = model(x)
-        with MergeBatchNorm().apply(model) as handle:
-            assert handle.merged == [("0", "1")]
+        with canonized(model, [MergeBatchNorm()], x) as substitution:
+            assert substitution.merged == [("0", "1")]
             assert rel_err(model(x), reference) < 1e-10
     assert_restored(model, snap)
 
@@ -265,16 +280,25 @@ def test_merge_twice_is_harmless():
     snap = snapshot(model)
     with torch.no_grad():
         reference = model(x)
-        with MergeBatchNorm().apply(model), MergeBatchNorm().apply(model) as second:
-            assert second.merged == []
+        with canonized(model, [MergeBatchNorm(), MergeBatchNorm()], x) as substitution:
+            assert substitution.merged == [("0", "1")]
             assert rel_err(model(x), reference) < 1e-10
     assert_restored(model, snap)
 
 
 def test_batchnorm_without_running_stats_is_left_alone():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)).eval()
-    with MergeBatchNorm().apply(model) as handle:
-        assert handle.merged == []
+    assert canonize(model, [MergeBatchNorm()], torch.randn(2, 3, 6, 6)).merged == []
+
+
+def test_merge_needs_an_example_input():
+    with pytest.raises(ValueError, match="example input"):
+        canonize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval(), [MergeBatchNorm()])
+
+
+def test_not_a_canonizer():
+    with pytest.raises(TypeError, match="canonizers"):
+        canonize(nn.Linear(2, 2), [object()])
 
 
 # ----------------------------------------------------------------------------- LayerNorm
@@ -300,83 +324,32 @@ def _transformer():
 
 @pytest.mark.parametrize("build, shape, names", [
     (_transformer, (2, 5, 16), ["norm1", "norm2"]),
-    (_Block, (2, 3, 8), ["norm", "shared", "nobias"]),
+    (_Block, (2, 3, 8), ["norm", "nobias"]),
 ])
 def test_split_layernorm(build, shape, names):
     torch.manual_seed(0)
     model = randomize_norms(build()).eval()
     x = torch.randn(*shape, requires_grad=True)  # grad: no transformer fast path
     reference = model(x).detach()
-    originals = {n: model.get_submodule(n) for n in names}
     snap = snapshot(model)
 
-    handle = SplitLayerNorm().apply(model)
-    assert handle.replaced == names
+    with canonized(model, [SplitLayerNorm()]) as substitution:
+        out = model(x)
+    assert sorted(substitution.virtual) == sorted(f"{n}.{i}" for n in names for i in (0, 1))
     for name in names:
-        split = model.get_submodule(name)
-        original = originals[name]
-        assert isinstance(split, SplitLayerNormModule) and isinstance(split, nn.Sequential)
-        assert isinstance(split[0], LayerNormalization)
-        assert isinstance(split[1], LayerNormAffine)
-        assert split[0].normalized_shape == original.normalized_shape
-        assert split[0].eps == original.eps == split.eps
-        assert split[1].weight is original.weight
-        assert split[1].bias is original.bias
-    if isinstance(model, _Block):
-        assert model.shared is model.norm
-        assert isinstance(model.plain, nn.LayerNorm)
-    out = model(x)
+        original = model.get_submodule(name)
+        norm, affine = substitution.virtual[f"{name}.0"], substitution.virtual[f"{name}.1"]
+        assert isinstance(norm, LayerNormalization) and isinstance(affine, LayerNormAffine)
+        assert norm.normalized_shape == original.normalized_shape
+        assert norm.eps == original.eps
+        assert affine.weight is original.weight
+        assert affine.bias is original.bias
+        assert substitution.replace[original] is not None
     assert (out - reference).abs().max().item() < 1e-6
-    with torch.no_grad():  # the transformer fast path reads norm1.eps / .weight
-        assert (model(x) - reference).abs().max().item() < 1e-6
-
-    handle.remove()
-    for name in names:
-        assert model.get_submodule(name) is originals[name]
-    assert_restored(model, snap)
-    handle.remove()
     assert_restored(model, snap)
 
 
-# ----------------------------------------------------------------------------- several
-
-class _Recording(Canonizer):
-    def __init__(self, name, log, fail=False):
-        self.name, self.log, self.fail = name, log, fail
-
-    def apply(self, model):
-        if self.fail:
-            raise RuntimeError("boom")
-        self.log.append(("apply", self.name))
-        return CanonizerHandle([lambda: self.log.append(("remove", self.name))])
-
-
-def test_apply_canonizers_order():
-    log = []
-    model = nn.Linear(2, 2)
-    handle = apply_canonizers(model, [_Recording("a", log), _Recording("b", log)])
-    handle.remove()
-    handle.remove()
-    assert log == [("apply", "a"), ("apply", "b"), ("remove", "b"), ("remove", "a")]
-    assert isinstance(SequentialCanonizer(_Recording("a", log)).apply(model), CanonizerHandle)
-
-
-def test_apply_canonizers_failure_removes_applied():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
-                          nn.LayerNorm(4 * 4 * 4)).eval()
-    snap = snapshot(model)
-    log = []
-    canonizers = [MergeBatchNorm(), SplitLayerNorm(), _Recording("a", log),
-                  _Recording("b", log, fail=True)]
-    with pytest.raises(RuntimeError, match="boom"):
-        apply_canonizers(model, canonizers)
-    assert log == [("apply", "a"), ("remove", "a")]
-    assert_restored(model, snap)
-    assert type(model[3]) is nn.LayerNorm
-
-
-def test_apply_canonizers_combined():
+def test_canonizers_combined():
     torch.manual_seed(0)
     model = randomize_norms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
                                           nn.LayerNorm(4 * 4 * 4))).eval()
@@ -384,11 +357,10 @@ def test_apply_canonizers_combined():
     snap = snapshot(model)
     with torch.no_grad():
         reference = model(x)
-        with apply_canonizers(model, [MergeBatchNorm(), SplitLayerNorm()]) as handle:
-            merge, split = handle.handles
-            assert merge.merged == [("0", "1")] and split.replaced == ["3"]
+        with canonized(model, [MergeBatchNorm(), SplitLayerNorm()], x) as substitution:
+            assert substitution.merged == [("0", "1")] and sorted(substitution.virtual) == ["3.0", "3.1"]
             assert (model(x) - reference).abs().max().item() < 1e-5
     assert_restored(model, snap)
-    with apply_canonizers(model, []):
+    with canonized(model, []):
         pass
     assert_restored(model, snap)

@@ -452,12 +452,53 @@ def test_errors_leave_nothing_attached():
     assert no_hooks(model) and model.act.inplace
 
 
-def test_audit_reports_functional_nonlinearities():
-    model = seeded(Functional(), 4)
+class FunctionalChain(nn.Module):
+    """Functional non-linearities between modules, no constants (RevealCancel's streams
+    stay differences)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 5)
+        self.fc3 = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc2(self.act(self.fc1(x))))
+        return self.fc3(torch.nn.functional.relu(h, inplace=True))
+
+
+@pytest.mark.parametrize("rule, build", [("rescale", Functional), ("rescale", FunctionalChain),
+                                         ("reveal_cancel", FunctionalChain)])
+def test_functional_nonlinearities_get_deeplift_rules(rule, build):
+    """``torch.relu``, ``torch.tanh`` and an in-place ``F.relu`` called in a forward get
+    the same multipliers as modules: summation-to-delta holds, nothing is reported."""
+    model = seeded(build(), 4)
     x = randn(2, 4)
-    with pytest.warns(UserWarning, match="Relu"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        e = deeplift(model, x, rule=rule, audit="strict")
+    assert e.audit.ok
+    assert e.convergence.abs().max() < 1e-10
+    assert no_hooks(model) and model.act.inplace
+
+
+class Product(nn.Module):
+    """A product of two activations: no DeepLift rule exists for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(h * torch.sigmoid(h))
+
+
+def test_audit_reports_operations_without_a_rule():
+    model = seeded(Product(), 4)
+    x = randn(2, 4)
+    with pytest.warns(UserWarning, match="Mul"):
         e = deeplift(model, x)
-    assert [f.op for f in e.audit.uncovered] == ["Relu"]
+    assert [f.op for f in e.audit.uncovered] == ["Mul"]
     with pytest.raises(CoverageError):
         deeplift(model, x, audit="strict")
     assert no_hooks(model)

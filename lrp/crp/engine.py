@@ -29,11 +29,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attach import classifier_output, run_model
-from ..audit import Auditor
 from ..composites import Composite
 from ..core import Trace, graph_nodes, tracing
 from ..batching import show_progress
-from ..explain import _attach, _finish_forward
+from ..explain import _finish_forward, bind
 from ..targets import Target, check_inputs, output_seeds, resolve_target
 
 #: ``(count, rows)``: ``rows(lo, hi)`` makes gradients ``lo`` to ``hi`` of ``count``.
@@ -293,7 +292,7 @@ def capture(model: nn.Module, inputs: Tensor, composite: Composite | None,
     order: dict[str, int] = {}
 
     def keeper(name: str):
-        def hook(module: nn.Module, args: tuple, output) -> None:
+        def hook(module: nn.Module, args: tuple, output) -> Tensor:
             if not isinstance(output, Tensor):
                 raise TypeError(f"layer {name!r} returns {type(output).__name__}, not a tensor; "
                                 "condition on a module returning one tensor")
@@ -310,14 +309,17 @@ def capture(model: nn.Module, inputs: Tensor, composite: Composite | None,
             return output.clone()
         return hook
 
-    auditor = Auditor(model) if audit != "off" else None
+    attachment, auditor = bind(composite, model, x, audit=audit)
+    keepers = {module: keeper(name) for name, module in modules.items()}
+
+    def keep(module: nn.Module, args: tuple, output):
+        hook = keepers.get(module)
+        return hook(module, args, output) if hook is not None else None
+
+    # the keepers see the output after the rule, before the auditor stamps it
+    attachment.scope.observers.insert(0, keep)
     with contextlib.ExitStack() as stack:
-        attachment = _attach(stack, composite, model, x)
-        for name, module in modules.items():
-            stack.callback(module.register_forward_hook(keeper(name)).remove)
-        if auditor is not None:
-            stack.callback(auditor.remove)
-            auditor.attach()
+        stack.enter_context(attachment.scope)
         with torch.enable_grad(), tracing(trace):
             output = classifier_output(run_model(model, x))
         missing = [n for n in layers if n not in outputs]
