@@ -100,9 +100,9 @@ def check_model(model) -> None:
     if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
         raise TypeError("lrp cannot explain a torch.compile'd model (compiled code bypasses "
                         "the rules); pass the original module, model._orig_mod")
-    training: List[str] = [name or type(model).__name__ for name, m in model.named_modules()
-                           if m.training and _mode_dependent(m)]
+    training: List[str] = [f"{name or '<model>'!r} ({type(m).__name__})"
+                           for name, m in model.named_modules() if m.training and _mode_dependent(m)]
     if training:
-        shown = ", ".join(repr(n) for n in training[:3]) + (", ..." if len(training) > 3 else "")
-        raise ValueError(f"the model is in training mode ({shown} would change running "
-                         f"statistics or randomize the explanation); call model.eval() first")
+        shown = ", ".join(training[:3]) + (", ..." if len(training) > 3 else "")
+        raise ValueError(f"the model is in training mode: {shown} would change running "
+                         f"statistics or randomize the explanation; call model.eval() first")

@@ -27,6 +27,16 @@ import torch
 from torch import Tensor
 
 
+#: Floating-point types whose rule factors are computed in float32.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def saturate(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``, clamped to its finite range (no overflow to infinity)."""
+    limit = torch.finfo(dtype).max
+    return t.clamp(-limit, limit).to(dtype)
+
+
 def stabilize(denominator: Tensor, epsilon: float) -> Tensor:
     """Push ``denominator`` away from zero by ``epsilon``, keeping its sign.
 
@@ -169,7 +179,12 @@ class _RuleGradient(torch.autograd.Function):
         z = holder[0]
         ctx.gradient = gradient
         ctx.recorder = recorder
-        saved = gradient.forward(z, terms)
+        ctx.low = z.dtype if z.dtype in LOW_PRECISION else None
+        if ctx.low is not None:
+            # rule factors are ratios of nearly equal numbers: float32, not float16
+            saved = gradient.forward(z.float(), [t.float() for t in terms])
+        else:
+            saved = gradient.forward(z, terms)
         ctx.n_saved = len(saved)
         ctx.save_for_backward(*saved, *([z.clone()] if recorder is not None else []))
         return z
@@ -183,10 +198,14 @@ class _RuleGradient(torch.autograd.Function):
             ctx.recorder(saved[-1] * (_unwrap_vmapped(grad)[0] if batched else grad))
         rectified = getattr(ctx, "rectified", None)
         factors = saved[:ctx.n_saved]
+        if ctx.low is not None:
+            grad = grad.float()
         if batched and not ctx.gradient.vmap_safe:
             grads = _per_slice(lambda g: ctx.gradient.backward(g, factors, rectified), grad)
         else:
             grads = ctx.gradient.backward(grad, factors, rectified)
+        if ctx.low is not None:
+            grads = [None if g is None else saturate(g, ctx.low) for g in grads]
         return (None, None, None, *grads)
 
 

@@ -21,13 +21,9 @@ def bind(composite: Composite, model: nn.Module, x, *, strip_softmax: bool = Fal
          audit: str = "off") -> Tuple[Attachment, Optional[Auditor]]:
     """Check the model, bind ``composite`` to it for the input ``x`` and add what every
     method's forward needs: the final softmax stripped if asked for, and an auditor
-    stamping the graph when ``audit`` is on.  A composite that rules no module of the
-    model (and has no op rules) is an error."""
+    stamping the graph when ``audit`` is on."""
     check_model(model)
     attachment = composite.bind(model, x)
-    if not attachment.mapping and not composite.op_maps and composite.primitives:
-        raise ValueError(f"{composite.name} assigns no rule to any module of "
-                         f"{type(model).__name__}")
     if strip_softmax:
         last = final_softmax(model, x)
         if last is not None:
@@ -48,8 +44,14 @@ def final_softmax(model: nn.Module, x) -> Optional[nn.Module]:
 
 def _finish_forward(output: Tensor, trace: Trace, auditor: Optional[Auditor],
                     attachment: Attachment, audit: str) -> Optional[AuditReport]:
-    """After the forward: flag the rectified rule nodes (one walk over the graph) and,
-    with an ``auditor``, report the operations no rule covers as ``audit`` says."""
+    """After the forward: refuse a composite that applied no rule at all (while it has
+    module primitives: they do not fit the model), flag the rectified rule nodes (one
+    walk over the graph) and, with an ``auditor``, report the operations no rule
+    covers as ``audit`` says."""
+    composite = attachment.composite
+    if (not trace.calls and len(composite.op_maps) < len(composite.primitives)):
+        raise ValueError(f"{composite.name} assigns no rule to any module or operation of "
+                         f"{type(attachment.model).__name__}")
     if output.grad_fn is not None:
         mark_rectified(output.grad_fn)
     if auditor is None:

@@ -339,12 +339,15 @@ class _SignedGammaGradient(Gradient):
             return [factor * grad, None]
         # Masks as clamps (boolean where() is slow on the CPU).  With k = 2 + g and
         # z- = min(z, 0): the z < 0 term is z- / (down - eps) = z- / (k d), where
-        # d = z- - (up + eps) / k <= -eps / k (clamped there against rounding), and it
-        # vanishes where z >= 0.  Its gradient is k times that to z, minus it to up.
+        # d = z- - (up + eps) / k, and it vanishes where z >= 0.  Its gradient is k times
+        # that to z, minus it to up.
         k = 2.0 + self.gamma
         z_neg = up.clamp(min=0).add_(self.epsilon).mul_(factor).clamp_(max=0)
         lower = torch.sub(z_neg, up, alpha=1.0 / k).sub_(self.epsilon / k)
-        lower.clamp_(max=-self.epsilon / k)
+        # d <= (z- - eps) / k (<= -eps / k) holds exactly for a >= 0; rounding (a
+        # float16 forward rounds z and up separately) must not break it: it keeps
+        # |z- / (k d)| <= 1.
+        torch.minimum(lower, z_neg.sub(self.epsilon).div_(k), out=lower)
         lower = torch.div(z_neg, lower, out=lower).mul_(grad)
         upper = torch.clamp(factor, min=0, out=z_neg).mul_(grad).sub_(lower, alpha=1.0 / k)
         return [upper, lower]
