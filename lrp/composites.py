@@ -48,14 +48,6 @@ Activation = (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softplus, nn.ELU, nn.Lea
 Dropout = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
-def gating_types() -> Tuple[Type[nn.Module], ...]:
-    """Blocks that scale their input by a gate computed from it (torchvision's
-    squeeze-excitation): presets treat the gate as a constant, so relevance passes
-    through unchanged (Pass).  Imported lazily: torchvision is slow to import."""
-    from torchvision.ops.misc import SqueezeExcitation
-    return (SqueezeExcitation,)
-
-
 @dataclass
 class ModelLayers:
     """A model's modules by name and its leaf modules in execution order."""
@@ -550,7 +542,6 @@ def _base(epsilon: float, conv_rule: R.Rule) -> Tuple[GlobalTypeMap, OpMap]:
         (AvgPooling, R.Norm()),
         (BatchNorm, R.Pass()),
         (Activation, R.Pass()),
-        (gating_types(), R.Pass()),
         (R.NORMALIZATION_LAYERS + (LayerNormalization,), R.LayerNormRule()),
         (LayerNormAffine, R.Epsilon(epsilon)),
     ]), default_ops())
@@ -623,5 +614,5 @@ __all__ = [
     "LastLayerTypeMap", "FirstNTypeMap", "EpsilonGammaBox", "EpsilonPlus",
     "EpsilonAlpha2Beta1", "EpsilonPlusFlat", "EpsilonAlpha2Beta1Flat",
     "ExcitationBackprop", "GuidedBackprop", "OpMap", "default_ops", "Convolution", "Dense", "Linear",
-    "AvgPooling", "BatchNorm", "Activation", "gating_types", "Dropout",
+    "AvgPooling", "BatchNorm", "Activation", "Dropout",
 ]
