@@ -1,7 +1,8 @@
 """lrp: Layer-wise Relevance Propagation for PyTorch.
 
-Rules attach to an existing model as forward hooks and implement LRP through
-ordinary autograd (see :mod:`lrp.core`).  The main entry point is :func:`explain`::
+Rules are bound to the explained call (:mod:`lrp.scope`; nothing is attached to the
+model) and implement LRP through ordinary autograd (see :mod:`lrp.core`).  The main
+entry point is :func:`explain`::
 
     from lrp import explain
     from lrp.composites import EpsilonGammaBox

@@ -263,8 +263,8 @@ def capture(model: nn.Module, inputs: Tensor, composite: Composite | None,
             audit: str = "warn") -> Iterator[Forward]:
     """Run ``model(inputs)`` once with ``composite`` attached, keeping layer outputs.
 
-    Everything attached (rules, canonizers, hooks) is removed when the block exits,
-    also on errors; backward passes must run inside the block.
+    The rules, canonizers and layer keepers are bound to this call (nothing is attached
+    to the model); backward passes must run inside the block.
 
     Parameters
     ----------
