@@ -109,9 +109,18 @@ def run_model(model: nn.Module, inputs):
     try:
         return model(*args)
     except RuntimeError as err:
-        shapes = [tuple(a.shape) for a in args if isinstance(a, Tensor)]
-        raise ValueError(f"the model's forward failed on inputs of shape "
-                         f"{shapes[0] if len(shapes) == 1 else shapes}: {err}") from err
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        shapes = [tuple(a.shape) for a in tensors]
+        # a first-sample slice x[:1] (execution order, composite resolution) is named by
+        # the batch it was cut from, which is what the caller passed
+        batches = [a._base if getattr(a, "_base", None) is not None and a.dim() > 0 and a.shape[0] == 1
+                   and a._base.shape[1:] == a.shape[1:] and a.data_ptr() == a._base.data_ptr()
+                   else a for a in tensors]
+        named = [tuple(b.shape) for b in batches]
+        what = f"{named[0] if len(named) == 1 else named}"
+        if named != shapes:
+            what += f" (run on its first sample, {shapes[0] if len(shapes) == 1 else shapes})"
+        raise ValueError(f"the model's forward failed on inputs of shape {what}: {err}") from err
 
 
 def classifier_output(output) -> Tensor:
