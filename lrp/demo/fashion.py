@@ -110,11 +110,11 @@ class ResidualBlock(nn.Module):
 class FashionCNN(nn.Module):
     """A residual CNN for 28x28 grayscale photos (121k parameters).
 
-    ``stem`` (Conv-BN-ReLU, 16 channels), then two stages of a :class:`ResidualBlock`
-    followed by Conv-BN-ReLU-MaxPool, which widen the channels (16 -> 32 -> 64) and
-    halve the size (28 -> 14 -> 7), a third residual block, global average pooling
-    and a linear head.  Downsampling is by max pooling, not by strided
-    convolutions, which would print a checkerboard into the heatmaps.
+    ``stem`` (Conv-BN-ReLU, 16 channels), then two stages of a :class:`ResidualBlock`,
+    a 2x2 max pooling and a Conv-BN-ReLU that widens the channels (16 -> 32 -> 64;
+    28 -> 14 -> 7 pixels), a third residual block, global average pooling and a
+    linear head.  Downsampling is by max pooling, not by strided convolutions, which
+    would print a checkerboard into the heatmaps.
 
     Parameters
     ----------
@@ -132,7 +132,7 @@ class FashionCNN(nn.Module):
         widths = (16, 32, 64)
         self.stem = nn.Sequential(*conv_bn(1, widths[0]))
         self.features = nn.Sequential(
-            *[nn.Sequential(ResidualBlock(c_in), *conv_bn(c_in, c_out), nn.MaxPool2d(2))
+            *[nn.Sequential(ResidualBlock(c_in), nn.MaxPool2d(2), *conv_bn(c_in, c_out))
               for c_in, c_out in zip(widths, widths[1:])],
             ResidualBlock(widths[-1]))
         self.pool = nn.AdaptiveAvgPool2d(1)
