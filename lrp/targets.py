@@ -50,7 +50,7 @@ def resolve_target(target: Target, output: Tensor) -> Optional[Tensor]:
         raise ValueError(f"target has no classes (shape {tuple(t.shape)}); give {accepted}, "
                          f"for a batch of {batch}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"targets must be integer class indices, got {t.dtype} values")
+        raise TypeError(f"targets must be integers (class indices), got {t.dtype} values")
     t = t.long()
     if t.dim() == 0:
         t = t.expand(batch)
