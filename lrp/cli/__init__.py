@@ -44,8 +44,9 @@ Every single-image PNG carries a label (the image, the predicted and the explain
 class with its logit, the method) and a colour bar with the value scale;
 ``--no-label`` and ``--no-colorbar`` turn them off.  ``--overlay`` blends the heatmap
 over the input with an opacity that follows ``|R|``.  ``--out`` must be a directory
-that can be written; this is checked before any model runs.  Errors the user can fix (missing images, unknown names,
-missing files) print one line on stderr and exit with status 2.
+that can be written; this is checked before any model runs.  Errors the user can
+fix (missing images, unknown names, missing files) print one line on stderr and exit
+with status 2.
 """
 from __future__ import annotations
 
