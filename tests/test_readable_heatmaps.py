@@ -227,7 +227,7 @@ def _in_process(args, cwd):
 
 
 #: Cases run as real processes (exit status, no traceback); the others run in-process.
-SUBPROCESS = ("overlay", "bad_target")
+SUBPROCESS = ("bad_target",)
 
 
 @pytest.fixture(scope="module")
