@@ -41,16 +41,25 @@ def bind_rules(modules: Mapping[str, nn.Module], mapping: Mapping[str, Rule],
     return bound
 
 
-def run_model(model: nn.Module, inputs):
+def shapes_of(inputs) -> str:
+    """The shape(s) of the tensors in ``inputs``, for messages."""
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    shapes = [tuple(a.shape) for a in args if isinstance(a, Tensor)]
+    return str(shapes[0] if len(shapes) == 1 else shapes)
+
+
+def run_model(model: nn.Module, inputs, shown=None):
     """``model(inputs)`` (a tuple is unpacked); a failing forward becomes a ValueError
-    naming the input shapes."""
+    naming the input shapes (those of ``shown`` if given: the batch a probe's first
+    sample was cut from, which is what the caller passed)."""
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     try:
         return model(*args)
     except RuntimeError as err:
-        shapes = [tuple(a.shape) for a in args if isinstance(a, Tensor)]
-        raise ValueError(f"the model's forward failed on inputs of shape "
-                         f"{shapes[0] if len(shapes) == 1 else shapes}: {err}") from err
+        what = shapes_of(inputs if shown is None else shown)
+        if shown is not None:
+            what += f" (run on its first sample, {shapes_of(inputs)})"
+        raise ValueError(f"the model's forward failed on inputs of shape {what}: {err}") from err
 
 
 def classifier_output(output) -> Tensor:

@@ -7,8 +7,10 @@ The pipeline from a relevance array to a picture is
 3. a :class:`Colormap` -- ``[0, 1]`` to RGB through a 256-entry lookup table,
 
 and :func:`heatmap` does all three.  :func:`overlay` blends a heatmap over the
-input image, :func:`grid` tiles many maps (with labels) into one image and
-:func:`save` writes any of them to disk (PNG unless the suffix says otherwise).
+input image (opacity following ``|R|``), :func:`annotate` adds a label and a
+:func:`colorbar` with the value scale (:func:`value_range`), :func:`grid` tiles many
+maps (with labels) into one image and :func:`save` writes any of them to disk (PNG
+unless the suffix says otherwise).
 
 Relevance may be a numpy array, a nested sequence or a torch tensor (converted
 with ``.detach().cpu().numpy()``; torch itself is never imported here).  Shapes
@@ -49,6 +51,9 @@ __all__ = [
     "overlay",
     "grid",
     "save",
+    "value_range",
+    "colorbar",
+    "annotate",
 ]
 
 #: Anything array-like: numpy array, nested sequence, or torch tensor.
@@ -331,12 +336,8 @@ def normalize(relevance: ArrayLike, mode: str = "symmetric", *,
     r = _as_float(relevance)
     if r.size == 0:
         return r
-    scale = float(np.abs(r).max())
-    if clip_percentile is not None:
-        if not 0.0 < clip_percentile <= 100.0:
-            raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
-        scale = float(np.percentile(np.abs(r), clip_percentile))
-        r = np.clip(r, -scale, scale)
+    scale = _scale(r, clip_percentile)
+    r = np.clip(r, -scale, scale)
     if scale == 0.0:
         return np.full(r.shape, 0.0 if mode == "absolute" else 0.5)
     unit = r / scale  # in [-1, 1]; no overflow since |r| <= scale
@@ -348,6 +349,60 @@ def normalize(relevance: ArrayLike, mode: str = "symmetric", *,
     if hi == lo:
         return np.full(r.shape, 0.5)
     return np.clip((unit - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _scale(r: np.ndarray, clip_percentile: Optional[float]) -> float:
+    """The ``|R|`` that maps to the ends of the colormap: ``max |R|``, or the
+    ``clip_percentile`` percentile of ``|R|``."""
+    if clip_percentile is None:
+        return float(np.abs(r).max()) if r.size else 0.0
+    if not 0.0 < clip_percentile <= 100.0:
+        raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
+    return float(np.percentile(np.abs(r), clip_percentile))
+
+
+def _one_map(relevance: ArrayLike, reduce: str) -> np.ndarray:
+    """One ``(H, W)`` map from ``(H, W)``, ``(C, H, W)`` or ``(1, C, H, W)`` relevance."""
+    r = _as_float(relevance)
+    if r.ndim == 4:
+        if r.shape[0] != 1:
+            raise ValueError(f"heatmap renders one map, got a batch of {r.shape[0]}; use grid()")
+        r = r[0]
+    if r.ndim not in (2, 3):
+        raise ValueError(f"relevance must be (H, W), (C, H, W) or (1, C, H, W), got shape {r.shape}")
+    return reduce_channels(r, reduce)
+
+
+def value_range(relevance: ArrayLike, cmap: Union[str, Colormap] = "bwr", *, reduce: str = "sum",
+                mode: Optional[str] = None, clip_percentile: Optional[float] = None
+                ) -> Tuple[float, float]:
+    """The relevance values that :func:`heatmap` maps to the two ends of the colormap.
+
+    Parameters
+    ----------
+    relevance, cmap, reduce, mode, clip_percentile
+        As for :func:`heatmap`.
+
+    Returns
+    -------
+    (low, high)
+        ``(-s, s)`` for ``mode="symmetric"``, ``(0, s)`` of ``|R|`` for
+        ``"absolute"``, and the smallest and largest (clipped) value for
+        ``"unaligned"``, where ``s`` is ``max |R|`` or the ``clip_percentile``
+        percentile of ``|R|`` (after the channel reduction).
+    """
+    cm = colormap(cmap)
+    mode = mode or ("symmetric" if cm.diverging else "absolute")
+    if mode not in _MODES:
+        raise ValueError(f"unknown normalization mode {mode!r}; expected one of {', '.join(_MODES)}")
+    r = _one_map(relevance, reduce)
+    s = _scale(r, clip_percentile)
+    if mode == "symmetric":
+        return -s, s
+    if mode == "absolute":
+        return 0.0, s
+    clipped = np.clip(r, -s, s)
+    return float(clipped.min()), float(clipped.max())
 
 
 # --------------------------------------------------------------------------- images
@@ -379,15 +434,8 @@ def heatmap(relevance: ArrayLike, cmap: Union[str, Colormap] = "bwr", *, reduce:
     PIL.Image.Image
         ``"RGB"`` (or ``"L"``) image of size ``W x H``.
     """
-    r = _as_float(relevance)
-    if r.ndim == 4:
-        if r.shape[0] != 1:
-            raise ValueError(f"heatmap renders one map, got a batch of {r.shape[0]}; use grid()")
-        r = r[0]
-    if r.ndim not in (2, 3):
-        raise ValueError(f"relevance must be (H, W), (C, H, W) or (1, C, H, W), got shape {r.shape}")
     cm = colormap(cmap)
-    values = normalize(reduce_channels(r, reduce),
+    values = normalize(_one_map(relevance, reduce),
                        mode or ("symmetric" if cm.diverging else "absolute"),
                        clip_percentile=clip_percentile)
     index = _to_index(values)
@@ -435,24 +483,35 @@ def _image_to_float(image: Union[Image.Image, ArrayLike], mean: Optional[ArrayLi
     return arr.transpose(1, 2, 0)
 
 
-def overlay(relevance: ArrayLike, image: Union[Image.Image, ArrayLike], *, alpha: float = 0.5,
+def overlay(relevance: ArrayLike, image: Union[Image.Image, ArrayLike], *,
+            alpha: Optional[float] = None, blend: str = "relevance",
             cmap: Union[str, Colormap] = "bwr", reduce: str = "sum", mode: Optional[str] = None,
             clip_percentile: Optional[float] = None, mean: Optional[ArrayLike] = None,
             std: Optional[ArrayLike] = None) -> Image.Image:
     """Blend a heatmap over the input image.
 
+    With ``blend="relevance"`` (default) each pixel's opacity follows its relevance,
+    ``a = alpha * min(|R| / s, 1)`` with ``s`` = ``max |R|`` (or the
+    ``clip_percentile`` percentile of ``|R|``, after the channel reduction), so
+    strong relevance is opaque and weak relevance leaves the image visible; with
+    ``blend="constant"`` every pixel gets ``a = alpha``.  The result is
+    ``(1 - a) * image + a * heatmap``, rounded to ``uint8``.
+
     Parameters
     ----------
     relevance
-        Relevance map as for :func:`heatmap`.  Its heatmap is resized (bilinear)
-        to the image size if the sizes differ.
+        Relevance map as for :func:`heatmap`.  Its heatmap (and the opacity) is
+        resized bilinearly to the image size if the sizes differ.
     image
         A PIL image (any mode), a ``uint8`` array ``(H, W)``, ``(H, W, 1)`` or
         ``(H, W, 3)``, or a float array/tensor ``(H, W)``, ``(C, H, W)`` or
         ``(1, C, H, W)`` with ``C`` in ``(1, 3)`` and values in ``[0, 1]`` after
         de-normalization.  Grayscale images are repeated to RGB.
     alpha
-        Heatmap opacity in ``[0, 1]``: ``0`` gives the image, ``1`` the heatmap.
+        Heatmap opacity in ``[0, 1]``: at the largest ``|R|`` for
+        ``blend="relevance"`` (default 1), everywhere for ``"constant"`` (default 0.5).
+    blend
+        ``"relevance"`` or ``"constant"``.
     cmap, reduce, mode, clip_percentile
         As for :func:`heatmap`.
     mean, std
@@ -464,6 +523,10 @@ def overlay(relevance: ArrayLike, image: Union[Image.Image, ArrayLike], *, alpha
     PIL.Image.Image
         ``"RGB"`` image of the image's size.
     """
+    if blend not in ("relevance", "constant"):
+        raise ValueError(f"blend must be 'relevance' or 'constant', got {blend!r}")
+    if alpha is None:
+        alpha = 1.0 if blend == "relevance" else 0.5
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     base = _image_to_float(image, mean, std)
@@ -471,7 +534,17 @@ def overlay(relevance: ArrayLike, image: Union[Image.Image, ArrayLike], *, alpha
     size = (base.shape[1], base.shape[0])
     if heat.size != size:
         heat = heat.resize(size, _BILINEAR)
-    blended = (1.0 - alpha) * base + alpha * np.asarray(heat, dtype=np.float64)
+    if blend == "constant":
+        opacity: Union[float, np.ndarray] = alpha
+    else:
+        r = _one_map(relevance, reduce)
+        s = _scale(r, clip_percentile)
+        magnitude = np.clip(np.abs(r) / s, 0.0, 1.0) if s > 0 else np.zeros_like(r)
+        if magnitude.shape != base.shape[:2]:
+            magnitude = np.asarray(Image.fromarray(magnitude.astype(np.float32)).resize(size, _BILINEAR),
+                                   dtype=np.float64).clip(0.0, 1.0)
+        opacity = alpha * magnitude[..., None]
+    blended = (1.0 - opacity) * base + opacity * np.asarray(heat, dtype=np.float64)
     return Image.fromarray(_to_uint8(blended))
 
 
@@ -560,6 +633,145 @@ def grid(items: Union[Sequence[Union[Image.Image, ArrayLike]], ArrayLike], *,
             text = _fit_text(str(labels[i]), cw, measure, font)
             width = measure.textlength(text, font=font)
             draw.text((x + (cw - width) / 2, y + ch + pad), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+#: Text size (pixels) of labels and colour-bar ticks in :func:`annotate`.
+FONT_SIZE = 13
+
+
+def _font(size: int) -> Any:
+    """Pillow's default font at ``size`` (scalable since Pillow 10.1; older: fixed bitmap)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _bar_margin(font: Any) -> Tuple[int, int]:
+    """(rows above and below a colour bar for its end labels, text line height)."""
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (FONT_SIZE, 0)
+    line_h = ascent + descent
+    return (line_h + 1) // 2, line_h
+
+
+def _tick(value: float) -> str:
+    return "0" if value == 0 else f"{value:.3g}"
+
+
+def colorbar(cmap: Union[str, Colormap], low: float, high: float, *, height: int = 256,
+             width: int = 14, caption: Optional[str] = None, font_size: int = FONT_SIZE,
+             background: Tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """A vertical colour bar with its value scale.
+
+    Row ``y`` of the bar (``0`` at the top, ``height`` rows) has the colour
+    ``cmap(1 - y / (height - 1))``, i.e. ``high`` at the top and ``low`` at the bottom;
+    ticks label ``high``, the middle value and ``low``.
+
+    Parameters
+    ----------
+    cmap
+        Colormap name, spec or :class:`Colormap`.
+    low, high
+        Values at the bottom and the top, e.g. from :func:`value_range`.
+    height, width
+        Size of the coloured bar in pixels (the image is wider: tick labels).
+    caption
+        Optional text below the bar, e.g. ``"|R|"``.
+    font_size
+        Text size in pixels (Pillow's default font).
+    background
+        RGB colour around the bar (text is black).
+
+    Returns
+    -------
+    PIL.Image.Image
+        ``"RGB"`` image of height ``height`` (plus the caption line).
+    """
+    if height < 2 or width < 1:
+        raise ValueError(f"a colour bar needs height >= 2 and width >= 1, got {height}, {width}")
+    cm = colormap(cmap)
+    colors = cm(1.0 - np.arange(height) / (height - 1))  # (height, 3), top = high
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    ticks = [(0, high), ((height - 1) / 2, (low + high) / 2), (height - 1, low)]
+    texts = [_tick(v) for _, v in ticks]
+    text_w = int(math.ceil(max(measure.textlength(t, font=font) for t in texts)))
+    margin, line_h = _bar_margin(font)
+    caption_h = line_h + 2 if caption else 0
+    canvas = Image.new("RGB", (width + 8 + text_w + 2, height + 2 * margin + caption_h),
+                       tuple(background))
+    bar = np.repeat(colors[:, None, :], width, axis=1)
+    canvas.paste(Image.fromarray(np.ascontiguousarray(bar)), (1, margin))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, margin - 1, width + 1, margin + height), outline=(128, 128, 128))
+    for (y, _), text in zip(ticks, texts):
+        yy = margin + int(round(y))
+        draw.line((width + 2, yy, width + 4, yy), fill=(0, 0, 0))
+        draw.text((width + 6, yy - line_h // 2), text, fill=(0, 0, 0), font=font)
+    if caption:
+        draw.text((1, margin + height + 2), caption, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def annotate(image: Image.Image, label: Optional[Union[str, Sequence[str]]] = None, *,
+             cmap: Optional[Union[str, Colormap]] = None,
+             values: Optional[Tuple[float, float]] = None, caption: Optional[str] = None,
+             font_size: int = FONT_SIZE, pad: int = 6,
+             background: Tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Put a label above an image and a colour bar with its value scale beside it.
+
+    Parameters
+    ----------
+    image
+        A heatmap or overlay (any PIL image).
+    label
+        One line of text or several (a sequence, or a string with newlines), drawn
+        left-aligned above the image in black with Pillow's default font; lines
+        longer than the figure are cut with ``..``.
+    cmap, values
+        The colormap and the ``(low, high)`` values at its ends (see
+        :func:`value_range`): together they add a :func:`colorbar` to the right.
+    caption
+        Text below the colour bar (e.g. ``"R"`` or ``"|R|"``).
+    font_size, pad, background
+        Text size, margins in pixels and the background colour.
+
+    Returns
+    -------
+    PIL.Image.Image
+        ``"RGB"``; the image itself is pasted unchanged at ``(pad, pad + label height)``.
+    """
+    if (cmap is None) != (values is None):
+        raise ValueError("a colour bar needs both cmap and values=(low, high)")
+    image = image.convert("RGB")
+    lines: List[str] = []
+    if label is not None:
+        lines = label.split("\n") if isinstance(label, str) else [str(t) for t in label]
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    _, line_h = _bar_margin(font)
+    line_h += 2
+    bar = None
+    if cmap is not None and values is not None:
+        bar = colorbar(cmap, values[0], values[1], height=image.height, caption=caption,
+                       font_size=font_size, background=background)
+    label_h = len(lines) * line_h + (pad // 2 if lines else 0)
+    margin = _bar_margin(font)[0] if bar is not None else 0
+    image_top = pad + label_h + max(0, margin - pad)
+    bottom = image_top + image.height
+    width = pad + image.width + pad
+    if bar is not None:
+        bottom = max(bottom, image_top - margin + bar.height)
+        width += bar.width + pad
+    canvas = Image.new("RGB", (width, bottom + pad), tuple(background))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((pad, pad + k * line_h), _fit_text(line, width - 2 * pad, measure, font),
+                  fill=(0, 0, 0), font=font)
+    canvas.paste(image, (pad, image_top))
+    if bar is not None:  # the bar's coloured rows line up with the image rows
+        canvas.paste(bar, (pad + image.width + pad, image_top - margin))
     return canvas
 
 

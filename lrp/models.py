@@ -2,10 +2,14 @@
 
 A model ``SPEC`` is one of
 
-* ``demo``: the shipped digits CNN (:mod:`lrp.demo`),
+* the name of a shipped model (:data:`lrp.demo.MODELS`): ``digits`` (also ``demo``)
+  or ``fashion``,
 * ``torchvision:ARCH`` or ``torchvision:ARCH:WEIGHTS.pth``: a classification
   architecture of ``torchvision.models`` built with ``weights=None``, then the
-  optional ``state_dict`` file loaded (nothing is ever downloaded),
+  optional ``state_dict`` file loaded (nothing is ever downloaded).  Without a
+  weights file the weights are random, initialised under
+  ``torch.manual_seed(RANDOM_WEIGHTS_SEED)`` (0) so that runs agree, and
+  :attr:`LoadedModel.notice` says so,
 * a TorchScript file ``*.pt`` / ``*.pth`` (``torch.jit.load``),
 * ``package.module:factory``: imported (the current directory is searched too) and
   called without arguments; it must return an ``nn.Module``.
@@ -23,12 +27,18 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LoadedModel", "SpecError", "load_model", "first_line"]
+if TYPE_CHECKING:
+    from .demo import ShippedModel
+
+__all__ = ["LoadedModel", "SpecError", "load_model", "first_line", "RANDOM_WEIGHTS_SEED"]
+
+#: Seed of the random weights of ``torchvision:ARCH`` without a weights file.
+RANDOM_WEIGHTS_SEED = 0
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -53,8 +63,21 @@ class LoadedModel:
 
     model: nn.Module
     description: str
-    is_demo: bool = False
     scripted: bool = False
+    #: The registry entry of a shipped model (preprocessing, class names), else None.
+    shipped: Optional["ShippedModel"] = None
+    #: A one-line notice for the user (e.g. random weights), else None.
+    notice: Optional[str] = None
+
+    @property
+    def is_demo(self) -> bool:
+        """Whether this is a shipped model of :mod:`lrp.demo`."""
+        return self.shipped is not None
+
+    @property
+    def class_names(self) -> Optional[Sequence[str]]:
+        """Names of the outputs, where known (shipped models)."""
+        return self.shipped.class_names if self.shipped is not None else None
 
 
 def _load_state_dict(path: str) -> Dict[str, Tensor]:
@@ -86,7 +109,9 @@ def _torchvision_model(arch: str, weights: Optional[str]) -> nn.Module:
             "; see torchvision.models.list_models()"
         raise SpecError(f"unknown torchvision architecture {arch!r}{hint}")
     state = _load_state_dict(weights) if weights else None
-    model = torchvision.models.get_model(arch, weights=None)
+    with torch.random.fork_rng(devices=[]):  # seeded init, the caller's RNG untouched
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        model = torchvision.models.get_model(arch, weights=None)
     if state is not None:
         try:
             model.load_state_dict(state)
@@ -129,10 +154,12 @@ def load_model(spec: str) -> LoadedModel:
     SpecError
         For an unknown spec, architecture or a missing/unloadable file.
     """
-    if spec == "demo":
-        from .demo import load_demo_model
+    from . import demo
+    if spec in demo.MODELS or spec in demo.ALIASES:
+        shipped = demo.shipped_model(spec)
         try:
-            return LoadedModel(load_demo_model(), "demo (lrp.demo.DigitsCNN)", is_demo=True)
+            return LoadedModel(shipped.load(), f"{spec} (lrp.demo: {shipped.title})",
+                               shipped=shipped)
         except FileNotFoundError as err:
             raise SpecError(str(err)) from None
     if spec.startswith("torchvision:"):
@@ -142,8 +169,13 @@ def load_model(spec: str) -> LoadedModel:
             raise SpecError(f"model spec {spec!r} names no architecture "
                             "(expected torchvision:ARCH[:WEIGHTS.pth])")
         weights = parts[2] if len(parts) > 2 and parts[2] else None
+        notice = None if weights else (
+            f"torchvision {arch} without a weights file: random weights (seed "
+            f"{RANDOM_WEIGHTS_SEED}), so the heatmap shows no trained decision; give "
+            f"torchvision:{arch}:WEIGHTS.pth for a trained model")
         return LoadedModel(_torchvision_model(arch, weights).eval(),
-                           f"torchvision {arch}" + (f" ({weights})" if weights else ""))
+                           f"torchvision {arch}" + (f" ({weights})" if weights else " (random weights)"),
+                           notice=notice)
     if spec.lower().endswith((".pt", ".pth")) or Path(spec).is_file():
         if not Path(spec).is_file():
             raise SpecError(f"model file not found: {spec}")
@@ -158,5 +190,6 @@ def load_model(spec: str) -> LoadedModel:
         return LoadedModel(model.eval(), f"TorchScript {spec}", scripted=True)
     if _FACTORY.match(spec):
         return LoadedModel(_factory_model(spec).eval(), spec)
-    raise SpecError(f"unknown model spec {spec!r}; expected 'demo', 'torchvision:ARCH[:WEIGHTS.pth]', "
+    raise SpecError(f"unknown model spec {spec!r}; expected a shipped model "
+                    f"({', '.join(demo.MODELS)}, demo), 'torchvision:ARCH[:WEIGHTS.pth]', "
                     "a TorchScript file (*.pt, *.pth) or 'package.module:factory'")

@@ -155,7 +155,7 @@ def probe(model: nn.Module, example_input) -> ModelGraph:
                 uses[id(t)].append(where)
 
     with torch.no_grad(), Scope(model, observers=[observe], op_observer=observe_op):
-        run_model(model, sample)
+        run_model(model, sample, shown=example_input)
     graph.uses = dict(uses)
     with _LOCK:
         _CACHE[model] = (key, graph)

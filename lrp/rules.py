@@ -50,7 +50,12 @@ def own_parameters(module: nn.Module) -> Params:
 
 def _format(value: Any) -> str:
     if isinstance(value, Tensor):
-        return f"tensor{tuple(value.shape)}" if value.numel() > 1 else f"{value.item():g}"
+        if value.numel() == 1:
+            return f"{value.item():g}"
+        if value.numel() == 0:
+            return f"tensor(shape {tuple(value.shape)})"
+        low, high = value.min().item(), value.max().item()
+        return f"tensor(shape {tuple(value.shape)}, range [{low:.4g}, {high:.4g}])"
     return f"{value:g}" if isinstance(value, float) else repr(value)
 
 

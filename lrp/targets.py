@@ -33,13 +33,24 @@ def resolve_target(target: Target, output: Tensor) -> Optional[Tensor]:
     """The explained classes ``(batch,)`` or ``(batch, k)`` for ``target`` given the
     model ``output`` ``(batch, classes)``; ``None`` for a target function."""
     batch, classes = output.shape[0], output.shape[1]
-    if callable(target):
+    if callable(target) and not isinstance(target, Tensor):
         return None
     if target is None:
         return output.argmax(dim=1)
-    t = torch.as_tensor(target, device=output.device)
-    if t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"targets must be integers, got {t.dtype}")
+    accepted = ("None (the predicted class), an int, one int per sample, a (batch, k) integer "
+                "tensor, or a function of the output")
+    if isinstance(target, (str, bytes)):
+        raise TypeError(f"target {target!r} is a string; give class indices: {accepted}")
+    try:
+        t = torch.as_tensor(target, device=output.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"target of type {type(target).__name__} is not understood; give "
+                        f"{accepted}") from None
+    if t.numel() == 0 and batch > 0:
+        raise ValueError(f"target has no classes (shape {tuple(t.shape)}); give {accepted}, "
+                         f"for a batch of {batch}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"targets must be integers (class indices), got {t.dtype} values")
     t = t.long()
     if t.dim() == 0:
         t = t.expand(batch)
@@ -62,7 +73,11 @@ def output_seeds(output: Tensor, target: Target, t: Optional[Tensor], normalize:
     if t is None:
         relevance = target(out)  # type: ignore[operator]
         if not isinstance(relevance, Tensor) or relevance.shape != out.shape:
-            raise ValueError("a target function must return a tensor of the output's shape")
+            got = tuple(relevance.shape) if isinstance(relevance, Tensor) else type(relevance).__name__
+            raise ValueError(f"a target function must return a tensor of the output's shape "
+                             f"{tuple(out.shape)}, got {got}")
+        if not bool(torch.isfinite(relevance).all()):
+            raise ValueError("the target function returned NaN or infinite output relevance")
         return [ratio(relevance, out, 1e-12)]
     columns = t.unsqueeze(1) if t.dim() == 1 else t
     seeds = []

@@ -182,9 +182,9 @@ def test_cli_heatmap_on_a_png(runs):
     code, out, err = results["heatmap"]
     assert code == 0, err
     assert f"class {label}" in out  # the dark-on-light digit is inverted and recognized
-    for suffix in ("heatmap", "overlay"):
+    for suffix in ("heatmap", "overlay"):  # 256 x 256 maps with a label and a colour bar
         image = _open_png(tmp / "heat-out" / f"digit_{suffix}.png")
-        assert image.size == (256, 256)
+        assert image.size[0] > 256 and image.size[1] > 256
 
 
 def test_cli_heatmap_with_another_method(runs):
@@ -192,7 +192,7 @@ def test_cli_heatmap_with_another_method(runs):
     code, out, err = results["smoothgrad"]
     assert code == 0, err
     assert f"class {label}" in out
-    assert _open_png(tmp / "sg-out" / "digit_heatmap.png").size == (256, 256)
+    assert min(_open_png(tmp / "sg-out" / "digit_heatmap.png").size) > 256
 
 
 #: What each ``--method`` must compute, written out with the library's functions.

@@ -371,7 +371,8 @@ def test_atlas_example(tmp_path):
     spec = importlib.util.spec_from_file_location("crp_atlas", ROOT / "examples" / "crp_atlas.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    written = example.main(["--out", str(tmp_path), "--refs", "3", "--concepts", "3"])
+    written = example.main(["--out", str(tmp_path), "--refs", "3", "--concepts", "3",
+                            "--references", "samples"])
     assert written.name == "crp_atlas.png" and written.parent == tmp_path
     with Image.open(written) as picture:
         assert picture.format == "PNG" and picture.size[0] > 200 and picture.size[1] > 200

@@ -244,8 +244,9 @@ def test_overlay_alpha_extremes_uint8():
     out0 = overlay(r, image, alpha=0.0)
     assert out0.mode == "RGB" and out0.size == (5, 6)
     assert np.array_equal(np.asarray(out0), image)
-    assert np.array_equal(np.asarray(overlay(r, image, alpha=1.0)), np.asarray(heatmap(r)))
-    half = np.asarray(overlay(r, image, alpha=0.5)).astype(int)
+    full = overlay(r, image, alpha=1.0, blend="constant")
+    assert np.array_equal(np.asarray(full), np.asarray(heatmap(r)))
+    half = np.asarray(overlay(r, image, alpha=0.5, blend="constant")).astype(int)
     expected = np.rint((image.astype(float) + np.asarray(heatmap(r)).astype(float)) / 2)
     assert np.abs(half - expected).max() == 0
     with pytest.raises(ValueError, match="alpha"):
@@ -275,7 +276,7 @@ def test_overlay_denormalizes_float_chw():
     # (1*0.2+0.4, -1*0.4+0.6, 5*0.2+0.5 -> clipped 1) * 255
     assert px(out, 0, 0) == (153, 51, 255)
     assert px(out, 1, 1) == (102, 153, 128)  # mean * 255, 127.5 rounds to even 128
-    out1 = overlay(np.zeros((2, 2)), x, alpha=1.0, mean=mean, std=std)
+    out1 = overlay(np.zeros((2, 2)), x, alpha=1.0, blend="constant", mean=mean, std=std)
     assert px(out1, 0, 0) == WHITE  # bwr zero
     with pytest.raises(ValueError, match="mean/std"):
         overlay(np.zeros((2, 2)), Image.new("RGB", (2, 2)), mean=mean, std=std)

@@ -2,20 +2,24 @@
 
 Subcommands::
 
-    lrp demo [--out DIR] [--composite NAME] [-n N]
+    lrp demo [--model digits|fashion] [--out DIR] [--composite NAME] [-n N]
+             [--no-label] [--no-colorbar]
     lrp heatmap IMAGE... --model SPEC [--method NAME] [--composite NAME] [--target INT] [--out DIR]
                 [--size H W] [--mean M...] [--std S...] [--grayscale] [--cmap NAME]
                 [--low L] [--high H] [--overlay] [--clip-percentile P] [--no-canonize]
+                [--no-label] [--no-colorbar]
     lrp inspect --model SPEC [--composite NAME] [--size H W] [--grayscale]
 
 A model ``SPEC`` is one of
 
-* ``demo``: the shipped digits CNN (:mod:`lrp.demo`), with its own preprocessing
-  (grayscale, 32x32, bright digit on dark background: dark-on-light images are
-  inverted automatically),
+* a shipped model of :mod:`lrp.demo`: ``digits`` (also ``demo``, the digits CNN) or
+  ``fashion`` (the Fashion-MNIST CNN), with its own preprocessing (grayscale, bright
+  object on dark background: dark-on-light images are inverted automatically) and
+  class names,
 * ``torchvision:ARCH`` or ``torchvision:ARCH:WEIGHTS.pth``: a classification
   architecture of ``torchvision.models`` built with ``weights=None``, then the
-  optional ``state_dict`` file loaded (nothing is ever downloaded),
+  optional ``state_dict`` file loaded (nothing is ever downloaded); without a
+  weights file the weights are random, initialised with seed 0, and a notice says so,
 * a TorchScript file ``*.pt`` / ``*.pth`` (``torch.jit.load``); LRP rules attach as
   forward hooks, which TorchScript modules do not support, so these models can
   only be explained with ``--composite gradient``,
@@ -31,11 +35,18 @@ into the preceding convolution (:class:`lrp.canonizers.MergeBatchNorm`).
 ``deeplift`` (Rescale, zero reference), ``gradient``, ``smoothgrad`` (32 noisy copies)
 or ``integrated-gradients`` (32 steps, zero baseline).
 
-Images other than for the demo model are converted to RGB (or grayscale with
+Images other than for the shipped models are converted to RGB (or grayscale with
 ``--grayscale``), resized to ``--size`` (default 224x224) with a bilinear filter,
-scaled to ``[0, 1]`` and normalized with ``--mean`` / ``--std`` (default: the
-ImageNet statistics).  Errors the user can fix (missing images, unknown names,
-missing files) print one line on stderr and exit with status 2.
+scaled to ``[0, 1]`` (16-bit grayscale by its bit depth) and normalized with
+``--mean`` / ``--std`` (default: the ImageNet statistics).
+
+Every single-image PNG carries a label (the image, the predicted and the explained
+class with its logit, the method) and a colour bar with the value scale;
+``--no-label`` and ``--no-colorbar`` turn them off.  ``--overlay`` blends the heatmap
+over the input with an opacity that follows ``|R|``.  ``--out`` must be a directory
+that can be written; this is checked before any model runs.  Errors the user can
+fix (missing images, unknown names, missing files) print one line on stderr and exit
+with status 2.
 """
 from __future__ import annotations
 

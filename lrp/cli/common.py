@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from .. import models
+from ..demo import ShippedModel, flatten_alpha, gray_pixels
+from ..demo.base import resize
 from ..models import LoadedModel, first_line
 
 class CLIError(Exception):
@@ -140,7 +144,8 @@ class Preprocessing:
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
     grayscale: bool
-    demo: bool = False
+    #: A shipped model whose own preprocessing is used (with automatic inversion).
+    shipped: Optional[ShippedModel] = None
 
     @property
     def channels(self) -> int:
@@ -153,16 +158,20 @@ class Preprocessing:
         return (0.0 - mean) / std, (1.0 - mean) / std
 
     def __call__(self, image: Image.Image) -> Tensor:
-        if self.demo:
-            from ..demo import preprocess
-            return preprocess(image)
-        from ..demo import flatten_alpha
-        image = flatten_alpha(image).convert("L" if self.grayscale else "RGB")
+        if self.shipped is not None:
+            return self.shipped.preprocess(image)
         height, width = self.size
-        if image.size != (width, height):
-            image = image.resize((width, height), BILINEAR)
-        arr = np.asarray(image, dtype=np.float32) / 255.0
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        if image.mode.startswith("I") or image.mode == "F":
+            # 16/32-bit grayscale: scaled by its bit depth (convert() would clip to 8 bits)
+            arr = resize(gray_pixels(image), (height, width))[None]
+            if not self.grayscale:
+                arr = np.repeat(arr, 3, axis=0)
+        else:
+            image = flatten_alpha(image).convert("L" if self.grayscale else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), BILINEAR)
+            arr = np.asarray(image, dtype=np.float32) / 255.0
+            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         x = torch.from_numpy(np.ascontiguousarray(arr))
         mean = torch.tensor(self.mean).view(-1, 1, 1)
         std = torch.tensor(self.std).view(-1, 1, 1)
@@ -177,15 +186,15 @@ class Preprocessing:
 
 
 def preprocessing(args: argparse.Namespace, loaded: LoadedModel) -> Preprocessing:
-    if loaded.is_demo:
-        # the demo model's own preprocessing (with automatic inversion of dark-on-light
+    shipped = loaded.shipped
+    if shipped is not None:
+        # the shipped model's own preprocessing (with automatic inversion of dark-on-light
         # images) unless the user changes it
-        from .. import demo
         if args.size is None and args.mean is None and args.std is None:
-            return Preprocessing((demo.SIZE, demo.SIZE), (demo.MEAN,), (demo.STD,), True,
-                                 demo=True)
-        default_size, default_mean, default_std = (demo.SIZE, demo.SIZE), (demo.MEAN,), (demo.STD,)
-        grayscale = True
+            return Preprocessing(shipped.size, shipped.mean, shipped.std, shipped.channels == 1,
+                                 shipped=shipped)
+        default_size, default_mean, default_std = shipped.size, shipped.mean, shipped.std
+        grayscale = shipped.channels == 1
     else:
         grayscale = bool(args.grayscale)
         default_size = (224, 224)
@@ -235,6 +244,66 @@ def enlarge(image: Image.Image, min_size: int = MIN_OUTPUT_SIZE) -> Image.Image:
         return image
     factor = math.ceil(min_size / longest)
     return image.resize((image.size[0] * factor, image.size[1] * factor), NEAREST)
+
+
+def check_out(out: str) -> Path:
+    """``--out DIR`` is a directory that can be written (or created): else a
+    :class:`CLIError`, before any model runs.  Creates nothing."""
+    path = Path(out)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        what = "is an existing file" if existing == path else f"is inside the file {existing}"
+        raise CLIError(f"--out {out} {what}; give a directory")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as err:
+        raise CLIError(f"cannot write to --out {out}: {err.strerror or first_line(err)} "
+                       f"({existing})") from None
+    return path
+
+
+def notice(message: str) -> None:
+    """Print a one-line notice on stderr (the run goes on)."""
+    print(f"lrp: notice: {message}", file=sys.stderr)
+
+
+def blank_notice(name: str, output: Tensor, relevance: Tensor) -> Optional[str]:
+    """Why the heatmap of one sample is blank, or None if it is not."""
+    if bool((output == output[0]).all()):
+        return (f"{name}: the model gives every class the same output ({float(output[0]):g}), so "
+                "the relevance is zero and the heatmap blank (a classifier head initialised to "
+                "zero, as in torchvision's ViT without weights, does this)")
+    if not bool(relevance.any()):
+        return f"{name}: the relevance is zero everywhere, so the heatmap is blank"
+    return None
+
+
+def add_figure_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-label", action="store_true",
+                        help="no label (classes and explained logit) above each heatmap")
+    parser.add_argument("--no-colorbar", action="store_true",
+                        help="no colour bar with the value scale beside each heatmap")
+
+
+def figure(image: Image.Image, relevance: Tensor, label: Sequence[str], args: argparse.Namespace,
+           clip_percentile: Optional[float] = None) -> Image.Image:
+    """A single-image PNG: enlarged, with its label and colour bar unless turned off."""
+    from ..image import annotate, colormap, value_range
+
+    image = enlarge(image)
+    if args.no_label and args.no_colorbar:
+        return image
+    cmap = None if args.no_colorbar else args.cmap
+    values = None if cmap is None else value_range(relevance, cmap, clip_percentile=clip_percentile)
+    caption = None if cmap is None else ("R" if colormap(cmap).diverging else "|R|")
+    return annotate(image, None if args.no_label else label, cmap=cmap, values=values,
+                    caption=caption)
+
+
+def class_label(k: int, names: Optional[Sequence[str]]) -> str:
+    """``"3 (Dress)"`` with names, else ``"3"``."""
+    name = names[k] if names is not None and 0 <= k < len(names) else str(k)
+    return str(k) if name == str(k) else f"{k} ({name})"
 
 
 def scripted_check(loaded: LoadedModel, composite) -> None:
@@ -293,8 +362,13 @@ def unique_stem(path: str, seen: Dict[str, int]) -> str:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
+    from ..demo import MODELS
+    from ..models import RANDOM_WEIGHTS_SEED
+
     parser.add_argument("--model", required=True, metavar="SPEC",
-                        help="demo | torchvision:ARCH[:WEIGHTS.pth] | TorchScript file "
+                        help=f"a shipped model ({', '.join(MODELS)}; demo = digits) | "
+                             "torchvision:ARCH[:WEIGHTS.pth] (without WEIGHTS: random weights "
+                             f"initialised with seed {RANDOM_WEIGHTS_SEED}) | TorchScript file "
                              "(*.pt, *.pth) | package.module:factory")
     parser.add_argument("--composite", default="epsilon-gamma-box", metavar="NAME",
                         help="rule preset: " + ", ".join(COMPOSITES)

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 from typing import Dict
 
-from .common import (METHODS, CLIError, add_model_options, bounds_and_composite, check_cmap,
-                     check_images, composite_name, enlarge, load_model, open_image,
-                     preprocessing, run_explanation, scripted_check, unique_stem)
+from .common import (METHODS, CLIError, add_figure_options, add_model_options, blank_notice,
+                     bounds_and_composite, check_cmap, check_images, check_out, class_label,
+                     composite_name, figure, load_model, notice, open_image, preprocessing,
+                     run_explanation, scripted_check, unique_stem)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +23,10 @@ def run(args: argparse.Namespace) -> int:
     composite_name(args.composite)
     if args.method not in METHODS:
         raise CLIError(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
+    out = check_out(args.out)
     loaded = load_model(args.model)
+    if loaded.notice:
+        notice(loaded.notice)
     prep = preprocessing(args, loaded)
     composite = bounds_and_composite(args, prep)
     if args.method == "lrp":
@@ -30,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.method == "deeplift" and loaded.scripted:
         raise CLIError(f"{loaded.description}: DeepLift needs module hooks, which TorchScript "
                        "modules do not have")
-    out = Path(args.out)
+    names = loaded.class_names
+    method = composite.name if args.method == "lrp" and composite is not None else (
+        "gradient x input" if args.method == "lrp" else args.method)
     seen: Dict[str, int] = {}
     warned = False
     for path in tqdm(args.images, desc="explaining", unit="image", disable=None):
@@ -42,18 +48,23 @@ def run(args: argparse.Namespace) -> int:
             warned = True
         stem = unique_stem(path, seen)
         relevance = explanation.relevance[0]
-        files = [save(enlarge(heatmap(relevance, args.cmap,
-                                       clip_percentile=args.clip_percentile)),
-                      out / f"{stem}_heatmap.png")]
-        if args.overlay:
-            image = overlay(relevance, prep.denormalize(x[0]), cmap=args.cmap,
-                            clip_percentile=args.clip_percentile)
-            files.append(save(enlarge(image), out / f"{stem}_overlay.png"))
         target = int(explanation.target[0])
         score = float(explanation.output[0, target])
         predicted = int(explanation.output[0].argmax())
-        tqdm.write(f"{path}: class {target} (logit {score:.3f}, predicted {predicted}) -> "
-                   + ", ".join(str(f) for f in files))
+        blank = blank_notice(path, explanation.output[0], relevance)
+        if blank:
+            tqdm.write(f"lrp: notice: {blank}", file=sys.stderr)
+        label = [f"{Path(path).name}: predicted {class_label(predicted, names)}",
+                 f"explains {class_label(target, names)}, logit {score:.4g} ({method})"]
+        clip = args.clip_percentile
+        files = [save(figure(heatmap(relevance, args.cmap, clip_percentile=clip), relevance,
+                             label, args, clip), out / f"{stem}_heatmap.png")]
+        if args.overlay:
+            image = overlay(relevance, prep.denormalize(x[0]), cmap=args.cmap, clip_percentile=clip)
+            files.append(save(figure(image, relevance, label, args, clip),
+                              out / f"{stem}_overlay.png"))
+        tqdm.write(f"{path}: class {class_label(target, names)} (logit {score:.3f}, predicted "
+                   f"{class_label(predicted, names)}) -> " + ", ".join(str(f) for f in files))
     return 0
 
 
@@ -75,7 +86,9 @@ def register(sub) -> None:
                       help="colormap name or spec, e.g. bwr, coldnhot, hot, '00f,fff,f00' "
                            "(default: %(default)s)")
     heat.add_argument("--overlay", action="store_true",
-                      help="also write the heatmap blended over the input (IMAGE_overlay.png)")
+                      help="also write the heatmap blended over the input (IMAGE_overlay.png); "
+                           "each pixel's opacity follows its |relevance|")
     heat.add_argument("--clip-percentile", type=float, default=None, metavar="P",
                       help="clip |relevance| at this percentile before coloring, e.g. 99.5")
+    add_figure_options(heat)
     heat.set_defaults(func=run)

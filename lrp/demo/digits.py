@@ -30,38 +30,32 @@ torch.Size([8, 1, 32, 32])
 """
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from .base import DATA_DIR, ShippedModel, gray_input, normalize_gray, resize
+
 __all__ = [
     "DigitsCNN",
+    "MODEL",
     "load_demo_model",
     "demo_inputs",
     "demo_info",
     "prepare_digits",
     "preprocess",
-    "flatten_alpha",
     "MEAN",
     "STD",
     "LOW",
     "HIGH",
     "SIZE",
-    "ACCURACY",  # noqa: F822 - provided by the module __getattr__
-    "DATA_DIR",
     "WEIGHTS",
     "INFO",
     "SAMPLES",
 ]
 
-#: Directory of the package data.
-DATA_DIR = Path(__file__).resolve().parent / "assets"
 #: The trained ``state_dict`` of :class:`DigitsCNN`.
 WEIGHTS = DATA_DIR / "digits_cnn.pt"
 #: Training record: test accuracy, split and preprocessing.
@@ -78,8 +72,6 @@ STD = 0.32
 #: :func:`lrp.composites.EpsilonGammaBox`.
 LOW = (0.0 - MEAN) / STD
 HIGH = (1.0 - MEAN) / STD
-
-_BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
 
 
 class DigitsCNN(nn.Module):
@@ -125,21 +117,7 @@ def load_demo_model() -> DigitsCNN:
         If the package data is missing (e.g. a source checkout before running
         ``scripts/train_demo.py``).
     """
-    if not WEIGHTS.is_file():
-        raise FileNotFoundError(f"the demo model weights {WEIGHTS} are missing; "
-                                "run scripts/train_demo.py to create them")
-    model = DigitsCNN()
-    state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
-
-
-@lru_cache(maxsize=1)
-def _info() -> Dict[str, Any]:
-    if not INFO.is_file():
-        raise FileNotFoundError(f"the demo model record {INFO} is missing; "
-                                "run scripts/train_demo.py to create it")
-    return json.loads(INFO.read_text())
+    return MODEL.load()  # type: ignore[return-value]
 
 
 def demo_info() -> Dict[str, Any]:
@@ -151,27 +129,7 @@ def demo_info() -> Dict[str, Any]:
         Keys include ``accuracy`` (held-out test accuracy), ``n_test``, ``split``
         and ``preprocessing``.
     """
-    return json.loads(json.dumps(_info()))
-
-
-def __getattr__(name: str) -> Any:
-    # ACCURACY is read lazily so that importing this module works without the data
-    # (the training script imports DigitsCNN before the files exist).
-    if name == "ACCURACY":
-        return float(_info()["accuracy"])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _resize(image: np.ndarray, size: int = SIZE) -> np.ndarray:
-    """Resize one float ``(H, W)`` image to ``(size, size)`` (Pillow bilinear)."""
-    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
-        (size, size), _BILINEAR)
-    return np.asarray(resized, dtype=np.float32)
-
-
-def _normalize(images: np.ndarray) -> Tensor:
-    """``(N, H, W)`` floats in ``[0, 1]`` to the normalized ``(N, 1, H, W)`` tensor."""
-    return ((torch.from_numpy(np.array(images, dtype=np.float32)) - MEAN) / STD).unsqueeze(1)
+    return MODEL.info()
 
 
 def prepare_digits(images: np.ndarray) -> Tensor:
@@ -193,8 +151,9 @@ def prepare_digits(images: np.ndarray) -> Tensor:
     if images.ndim != 3:
         raise ValueError(f"expected (N, H, W) digit images, got shape {images.shape}")
     unit = np.clip(images / 16.0, 0.0, 1.0)
-    return _normalize(np.stack([_resize(im) for im in unit]) if len(unit) else
-                      np.zeros((0, SIZE, SIZE), np.float32))
+    resized = [resize(im, (SIZE, SIZE)) for im in unit]
+    return normalize_gray(np.stack(resized) if resized else np.zeros((0, SIZE, SIZE), np.float32),
+                          MEAN, STD)
 
 
 def demo_inputs(n: int = 8) -> Tuple[Tensor, Tensor]:
@@ -215,34 +174,7 @@ def demo_inputs(n: int = 8) -> Tuple[Tensor, Tensor]:
     labels : torch.Tensor
         ``(n,)`` int64 true classes.
     """
-    with np.load(SAMPLES) as data:
-        images, labels = data["images"], data["labels"]
-    if not 1 <= n <= len(labels):
-        raise ValueError(f"n must be between 1 and {len(labels)}, got {n}")
-    return prepare_digits(images[:n]), torch.as_tensor(labels[:n], dtype=torch.long)
-
-
-def flatten_alpha(image: Image.Image, background: Tuple[int, int, int] = (255, 255, 255)
-                  ) -> Image.Image:
-    """Composite an image with transparency onto a solid background (white).
-
-    Parameters
-    ----------
-    image
-        Any PIL image; images without an alpha channel or transparency are
-        returned unchanged.
-    background
-        RGB color shown through transparent pixels.
-
-    Returns
-    -------
-    PIL.Image.Image
-    """
-    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
-        return image
-    rgba = image.convert("RGBA")
-    base = Image.new("RGBA", rgba.size, (*background, 255))
-    return Image.alpha_composite(base, rgba).convert("RGB")
+    return MODEL.inputs(n)
 
 
 def preprocess(image: Union[Image.Image, np.ndarray, Tensor],
@@ -252,11 +184,11 @@ def preprocess(image: Union[Image.Image, np.ndarray, Tensor],
     Parameters
     ----------
     image
-        A PIL image (any mode; transparent pixels become white, see
-        :func:`flatten_alpha`, then converted to grayscale ``"L"``), or an array/tensor
-        ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` (RGB(A) is converted with the
-        ITU-R 601 luma weights): ``uint8`` values are divided by 255, float values
-        are taken to be in ``[0, 1]``.
+        A PIL image (any mode; transparent pixels become white, 16-bit grayscale is
+        scaled by its bit depth, see :func:`lrp.demo.gray_pixels`), or an
+        array/tensor ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` (RGB(A) is converted
+        with the ITU-R 601 luma weights): ``uint8`` values are divided by 255,
+        ``uint16`` by 65535, float values are taken to be in ``[0, 1]``.
     invert
         The model expects a bright digit on a dark background.  ``None`` (default)
         inverts the image when its border is mostly bright (a dark digit on white
@@ -268,25 +200,12 @@ def preprocess(image: Union[Image.Image, np.ndarray, Tensor],
         ``(1, 1, 32, 32)`` float32, ready for the model: grayscale in ``[0, 1]``,
         resized bilinearly to 32x32, normalized with :data:`MEAN` and :data:`STD`.
     """
-    if isinstance(image, Image.Image):
-        gray = np.asarray(flatten_alpha(image).convert("L"), dtype=np.float32) / 255.0
-    else:
-        arr = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
-        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-            scale = 255.0 if arr.dtype == np.uint8 else 1.0
-            arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-            gray = arr / scale
-        elif arr.ndim == 2:
-            gray = arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0)
-        else:
-            raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, "
-                             f"got shape {arr.shape}")
-    if not np.isfinite(gray).all():
-        raise ValueError("image contains NaN or infinite values")
-    gray = np.clip(gray, 0.0, 1.0)
-    if invert is None:
-        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-        invert = bool(border.mean() > 0.5)
-    if invert:
-        gray = 1.0 - gray
-    return _normalize(_resize(gray)[None])
+    return gray_input(image, invert, (SIZE, SIZE), MEAN, STD)
+
+
+#: The digits model in the registry of :mod:`lrp.demo` (``lrp demo --model digits``).
+MODEL = ShippedModel(
+    name="digits", title="DigitsCNN (scikit-learn digits)", architecture=DigitsCNN,
+    weights=WEIGHTS, record=INFO, samples=SAMPLES, class_names=tuple(str(k) for k in range(10)),
+    size=(SIZE, SIZE), mean=(MEAN,), std=(STD,), prepare=prepare_digits, preprocess=preprocess,
+    noun="digit", trained_by="scripts/train_demo.py")
