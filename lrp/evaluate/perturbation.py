@@ -42,13 +42,12 @@ def _schedule(n_patches: int, patches_per_step: int, steps) -> Tensor:
     if per_step > n_patches:
         raise ValueError(f"patches_per_step={per_step} is larger than the number of patches "
                          f"({n_patches})")
-    if steps is None:
-        steps = math.ceil(n_patches / per_step)
-    steps = positive_int(steps, "steps")
-    if steps * per_step > n_patches:
+    most = math.ceil(n_patches / per_step)
+    steps = most if steps is None else positive_int(steps, "steps")
+    if steps > most:
         raise ValueError(f"{steps} steps of {per_step} patches perturb more than the "
-                         f"{n_patches} patches of the input")
-    return torch.arange(steps + 1) * per_step
+                         f"{n_patches} patches of the input (at most {most} steps)")
+    return (torch.arange(steps + 1) * per_step).clamp(max=n_patches)
 
 
 def _curves(model: nn.Module, inputs: Tensor, explanation: Explainer, target: Target,
@@ -105,8 +104,8 @@ def pixel_flipping(model: nn.Module, inputs: Tensor, explanation: Explainer,
     patches_per_step
         Patches replaced per step.
     steps
-        Number of steps ``L``; ``None``: until every patch is replaced.  At most
-        ``n_patches / patches_per_step``.
+        Number of steps ``L``; ``None``: until every patch is replaced (the last step
+        may replace fewer).  At most ``ceil(n_patches / patches_per_step)``.
     fill
         What replaces a feature: ``"uniform"`` (noise in the sample's value range, as
         in Samek et al.), ``"blur"``, ``"mean"``, ``"min"``, ``"zero"``, a number, a
