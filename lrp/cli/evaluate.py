@@ -200,8 +200,8 @@ def register(sub) -> None:
                    help="comma-separated metrics (default: " + ",".join(DEFAULT_METRICS) + ")")
     p.add_argument("--patch-size", type=int, default=None, metavar="P",
                    help="patch side for pixel-flipping (default: an eighth of the image side)")
-    p.add_argument("--fill", default="uniform",
-                   help="what replaces perturbed patches: uniform, blur, mean, min, zero "
+    p.add_argument("--fill", default="min",
+                   help="what replaces perturbed patches: min (black), uniform, blur, mean, zero "
                         "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of every perturbation "
                                                        "(default: %(default)s)")

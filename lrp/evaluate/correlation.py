@@ -35,7 +35,7 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
 
 def faithfulness_correlation(model: nn.Module, inputs: Tensor, explanation: Explainer,
                              target: Target = None, *, runs: int = 100,
-                             subset_size: Union[int, None] = None, fill: Fill = "zero",
+                             subset_size: Union[int, None] = None, fill: Fill = "min",
                              softmax: bool = False, subsets: Union[Tensor, None] = None,
                              generator: Seed = None, batch_size: int = 256,
                              progress: Union[bool, None] = None) -> Scores:

@@ -80,7 +80,7 @@ def _curves(model: nn.Module, inputs: Tensor, explanation: Explainer, target: Ta
 def pixel_flipping(model: nn.Module, inputs: Tensor, explanation: Explainer,
                    target: Target = None, *, order: str = "morf",
                    patch_size: Union[int, Sequence[int]] = 1, patches_per_step: int = 1,
-                   steps: Union[int, None] = None, fill: Fill = "uniform",
+                   steps: Union[int, None] = None, fill: Fill = "min",
                    softmax: bool = False, generator: Seed = None, batch_size: int = 256,
                    progress: Union[bool, None] = None) -> Scores:
     """Pixel-flipping / region perturbation: the perturbation curve and its AOPC.
@@ -107,9 +107,10 @@ def pixel_flipping(model: nn.Module, inputs: Tensor, explanation: Explainer,
         Number of steps ``L``; ``None``: until every patch is replaced (the last step
         may replace fewer).  At most ``ceil(n_patches / patches_per_step)``.
     fill
-        What replaces a feature: ``"uniform"`` (noise in the sample's value range, as
-        in Samek et al.), ``"blur"``, ``"mean"``, ``"min"``, ``"zero"``, a number, a
-        tensor or a callable (see :func:`lrp.evaluate.features.fill_values`).  Drawn
+        What replaces a feature: ``"min"`` (the sample's minimum: black for images,
+        Quantus' ``"black"``), ``"uniform"`` (noise in the sample's value range, as in
+        Samek et al.), ``"blur"``, ``"mean"``, ``"zero"``, a number, a tensor or a
+        callable (see :func:`lrp.evaluate.features.fill_values`).  Drawn
         once per sample, so MoRF and LeRF (and several methods, with the same
         ``generator`` seed) see the same replacement values.
     softmax
@@ -136,7 +137,7 @@ def pixel_flipping(model: nn.Module, inputs: Tensor, explanation: Explainer,
 
 def abpc(model: nn.Module, inputs: Tensor, explanation: Explainer, target: Target = None, *,
          patch_size: Union[int, Sequence[int]] = 1, patches_per_step: int = 1,
-         steps: Union[int, None] = None, fill: Fill = "uniform", softmax: bool = False,
+         steps: Union[int, None] = None, fill: Fill = "min", softmax: bool = False,
          generator: Seed = None, batch_size: int = 256,
          progress: Union[bool, None] = None) -> Scores:
     """Area between the LeRF and MoRF perturbation curves, ``AOPC_MoRF - AOPC_LeRF``.
