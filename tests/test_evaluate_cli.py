@@ -121,10 +121,12 @@ def test_cli_evaluate_methods_are_the_library_methods():
     assert torch.equal(first, again) and first.shape == x.shape
 
 
-def test_every_shipped_data_module_has_what_the_cli_needs():
-    import importlib
-    for spec, module_name in cli_evaluate.SHIPPED_DATA.items():
-        module = importlib.import_module(module_name)
-        x, labels = module.demo_inputs(2)
+def test_every_shipped_model_brings_its_data():
+    for spec, load in cli_evaluate.SHIPPED_DATA.items():
+        data = load()
+        x, labels = data.inputs(2)
         assert x.shape[0] == 2 and labels.shape == (2,)
-        assert float(module.LOW) < float(module.HIGH) and module.SAMPLES.is_file(), spec
+        assert bool((torch.as_tensor(data.low) < torch.as_tensor(data.high)).all()), spec
+        assert data.n_samples >= 2 and data.inputs(data.n_samples)[0].shape[0] == data.n_samples
+    x, labels = cli_evaluate.SHIPPED_DATA["demo"]().inputs(5)
+    assert torch.equal(x, demo_inputs(5)[0]) and torch.equal(labels, demo_inputs(5)[1])

@@ -14,7 +14,8 @@ import argparse
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +23,30 @@ from torch import Tensor, nn
 from .common import (COMPOSITES, CLIError, check_images, load_model, make_composite,
                      open_image, preprocessing, run_method)
 
-#: Model specs that ship their own held-out data: spec -> module with
-#: ``demo_inputs(n) -> (inputs, labels)``, ``LOW`` and ``HIGH`` (input bounds) and
-#: ``SAMPLES`` (an .npz with the ``labels``).
-SHIPPED_DATA: Dict[str, str] = {
-    "demo": "lrp.demo",
+@dataclass
+class ShippedData:
+    """What ``lrp evaluate`` needs of a shipped model: ``inputs(n) -> (x, labels)``, the
+    input bounds ``low``/``high`` (for epsilon-gamma-box) and ``n_samples``."""
+
+    inputs: Callable[[int], Tuple[Tensor, Tensor]]
+    low: Union[float, Tensor]
+    high: Union[float, Tensor]
+    n_samples: int
+
+
+def _digits() -> ShippedData:
+    import numpy as np
+
+    from .. import demo
+    with np.load(demo.SAMPLES) as data:
+        n_samples = len(data["labels"])
+    return ShippedData(demo.demo_inputs, demo.LOW, demo.HIGH, n_samples)
+
+
+#: Model specs that ship their own held-out data: spec -> a function returning it
+#: (anything with the attributes of :class:`ShippedData`).
+SHIPPED_DATA: Dict[str, Callable[[], ShippedData]] = {
+    "demo": _digits,
 }
 
 #: The methods of ``lrp evaluate`` (besides every preset composite of COMPOSITES).
@@ -72,18 +92,13 @@ def _library_method(name: str, model: nn.Module, x: Tensor, target=None):
     return run_method(name, model, x, target)
 
 
-def _shipped(spec: str, n: int):
-    import importlib
-
-    import numpy as np
-
-    module = importlib.import_module(SHIPPED_DATA[spec])
-    with np.load(module.SAMPLES) as data:
-        available = len(data["labels"])
-    if not 1 <= n <= available:
-        raise CLIError(f"-n must be between 1 and {available} for --model {spec}, got {n}")
-    x, labels = module.demo_inputs(n)
-    return x, labels, float(module.LOW), float(module.HIGH)
+def _shipped(spec: str, n: Optional[int]):
+    data = SHIPPED_DATA[spec]()
+    n = data.n_samples if n is None else n
+    if not 1 <= n <= data.n_samples:
+        raise CLIError(f"-n must be between 1 and {data.n_samples} for --model {spec}, got {n}")
+    x, labels = data.inputs(n)
+    return x, labels, data.low, data.high
 
 
 def _folder(folder: str, n: Optional[int], prep) -> Tensor:
@@ -108,7 +123,7 @@ def _patch_size(args, x: Tensor) -> int:
 def run(args: argparse.Namespace) -> int:
     """``lrp evaluate``: compare methods, print the table, write Markdown, CSV and PNG."""
     from .. import evaluate
-    from ..evaluate.features import FILLS
+    from ..evaluate.features import FILLS, patch_sizes
 
     names = method_names() if args.methods is None else tuple(
         m.strip() for m in args.methods.split(",") if m.strip())
@@ -130,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         if args.model not in SHIPPED_DATA:
             raise CLIError(f"--model {args.model} needs --images DIR: only the shipped models "
                            f"({', '.join(SHIPPED_DATA)}) come with data to evaluate on")
-        x, target, low, high = _shipped(args.model, 60 if args.n is None else args.n)
+        x, target, low, high = _shipped(args.model, args.n)
     else:
         if args.n is not None and args.n < 1:
             raise CLIError(f"-n must be >= 1, got {args.n}")
@@ -140,6 +155,10 @@ def run(args: argparse.Namespace) -> int:
         low, high = (float(lows.min()), float(highs.max()))
     chosen = methods(names, low, high, canonize=not args.no_canonize, seed=args.seed)
     options = {"pixel_flipping": {"patch_size": _patch_size(args, x), "fill": args.fill}}
+    try:
+        patch_sizes(options["pixel_flipping"]["patch_size"], x.shape[2:])
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     total = len(chosen)
     counter = iter(range(1, total + 1))
     try:
@@ -193,7 +212,7 @@ def register(sub) -> None:
                    help="folder of images to evaluate on (default: the shipped model's "
                         "held-out data)")
     p.add_argument("-n", type=int, default=None,
-                   help="number of inputs (default: all 60 shipped digits / every image)")
+                   help="number of inputs (default: every shipped sample / every image)")
     p.add_argument("--methods", default=None, metavar="A,B,...",
                    help="comma-separated subset of: " + ", ".join(method_names()))
     p.add_argument("--metrics", default=None, metavar="A,B,...",

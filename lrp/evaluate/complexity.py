@@ -17,27 +17,11 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from ..targets import Target, check_inputs
-from .explainers import Explainer, check_relevance, relevance_for
-from .features import feature_relevance
-from .outputs import prepare
+from ..targets import Target
+from .explainers import Explainer, feature_map
 from .result import Scores
 
-__all__ = ["sparseness", "complexity", "gini", "entropy", "feature_map"]
-
-
-def feature_map(model: Union[nn.Module, None], inputs: Tensor, explanation: Explainer,
-                target: Target) -> Tensor:
-    """Relevance per feature ``(batch, n_features)``; a relevance tensor needs no model."""
-    if isinstance(explanation, Tensor):
-        check_inputs(inputs)
-        relevance = check_relevance(explanation.detach(), inputs)
-    else:
-        if model is None:
-            raise ValueError("a model is needed to explain with a composite or a method")
-        x, _, t, _ = prepare(model, inputs, target, 256)
-        relevance = relevance_for(explanation, model, x, t)
-    return feature_relevance(relevance, inputs).flatten(1)
+__all__ = ["sparseness", "complexity", "gini", "entropy"]
 
 
 def gini(values: Tensor) -> Tensor:

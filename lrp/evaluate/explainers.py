@@ -24,12 +24,15 @@ from torch import Tensor, nn
 from ..batching import Seed, make_generator, rand_like
 from ..composites import Composite
 from ..explanation import Explanation
+from ..targets import Target, check_inputs
+from .features import feature_relevance
+from .outputs import prepare
 
 Method = Callable[..., Union[Explanation, Tensor]]
 Explainer = Union[Tensor, Composite, Method]
 
 __all__ = ["Explainer", "Method", "is_method", "explain_with", "explain_batched",
-           "check_relevance", "relevance_for", "random_method"]
+           "check_relevance", "relevance_for", "feature_map", "random_method"]
 
 
 def is_method(explanation: Explainer) -> bool:
@@ -123,3 +126,17 @@ def explain_batched(explainer: Explainer, model: nn.Module, inputs: Tensor, targ
         if bar is not None:
             bar.update(1)
     return torch.cat(pieces)
+
+
+def feature_map(model: Union[nn.Module, None], inputs: Tensor, explanation: Explainer,
+                target: Target) -> Tensor:
+    """Relevance per feature ``(batch, n_features)``; a relevance tensor needs no model."""
+    if isinstance(explanation, Tensor):
+        check_inputs(inputs)
+        relevance = check_relevance(explanation.detach(), inputs)
+    else:
+        if model is None:
+            raise ValueError("a model is needed to explain with a composite or a method")
+        x, _, t, _ = prepare(model, inputs, target, 256)
+        relevance = relevance_for(explanation, model, x, t)
+    return feature_relevance(relevance, inputs).flatten(1)

@@ -21,8 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..targets import Target
-from .complexity import feature_map
-from .explainers import Explainer
+from .explainers import Explainer, feature_map
 from .features import spatial_shape
 from .result import Scores
 
