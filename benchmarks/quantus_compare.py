@@ -46,6 +46,7 @@ from lrp.demo import load_demo_model, prepare_digits
 from speed import paired
 
 BATCH = 256
+GROUPS = ("pixel-flipping", "region", "correlation", "road", "complexity", "mprt")
 
 
 def data(n: int):
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-speed", action="store_true", help="agreement only")
+    parser.add_argument("--only", default=",".join(GROUPS), metavar="A,B",
+                        help="metric groups: " + ",".join(GROUPS) + " (default: all)")
     parser.add_argument("--write", action="store_true", help="append to benchmarks/RESULTS.md")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -107,6 +110,9 @@ def main() -> None:
     a = explain(model, x, composite, target=y, audit="off").relevance
     xn, yn, an = x.numpy(), y.numpy(), a.numpy()
     n_features = 32 * 32
+    groups = set(args.only.split(","))
+    if groups - set(GROUPS):
+        raise SystemExit(f"unknown groups {sorted(groups - set(GROUPS))}; valid: {', '.join(GROUPS)}")
     speed = []
 
     class Agreement(list):
@@ -132,147 +138,153 @@ def main() -> None:
         print(" | ".join(row), flush=True)
 
     # ---------------------------------------------------------------- pixel flipping
-    step = 16
-    q_pf = quantus.PixelFlipping(features_in_step=step, perturb_baseline="black",
-                                 disable_warnings=True)
+    if "pixel-flipping" in groups:
+        step = 16
+        q_pf = quantus.PixelFlipping(features_in_step=step, perturb_baseline="black",
+                                     disable_warnings=True)
 
-    def quantus_pf():
-        return np.asarray(q_pf(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=False,
-                               device="cpu", batch_size=BATCH))
+        def quantus_pf():
+            return np.asarray(q_pf(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=False,
+                                   device="cpu", batch_size=BATCH))
 
-    def ours_pf():
-        return evaluate.pixel_flipping(model, x, a, y, patches_per_step=step, fill="min",
-                                       batch_size=BATCH)
-
-    theirs, ours = quantus_pf(), ours_pf()
-    agreement.append(["pixel-flipping curve, MoRF, 16 pixels per step, black (min) fill",
-                      relative(ours.curves["morf"][:, 1:], theirs)])
-    agreement.append(["pixel-flipping AUC (trapezoid of Quantus' curve)",
-                      relative(np.trapezoid(ours.curves["morf"][:, 1:].numpy(), axis=1),
-                               np.trapezoid(theirs, axis=1))])
-    record_speed("pixel-flipping (64 steps)", quantus_pf, ours_pf, n_features // step)
-
-    # ---------------------------------------------------------------- region perturbation
-    for order in ("morf", "lerf"):
-        q_rp = quantus.RegionPerturbation(patch_size=4, order=order, regions_evaluation=64,
-                                          perturb_baseline="black", disable_warnings=True)
-
-        def quantus_rp(q_rp=q_rp):
-            return np.asarray(q_rp(model=model, x_batch=xn, y_batch=yn, a_batch=an,
-                                   softmax=False, device="cpu", batch_size=BATCH))
-
-        def ours_rp(order=order):
-            return evaluate.pixel_flipping(model, x, a, y, order=order, patch_size=4, fill="min",
+        def ours_pf():
+            return evaluate.pixel_flipping(model, x, a, y, patches_per_step=step, fill="min",
                                            batch_size=BATCH)
 
-        theirs, ours = quantus_rp(), ours_rp()
-        curve = ours.curves[order]
-        agreement.append([f"region perturbation {order.upper()}, 4x4 patches: f(x) - f(x^k)",
-                          relative(curve[:, :1] - curve[:, 1:], theirs)])
-        agreement.append([f"AOPC {order.upper()} = sum(Quantus curve) / (L + 1)",
-                          relative(ours.scores, theirs.sum(axis=1) / (theirs.shape[1] + 1))])
-        if order == "morf":
-            record_speed("region perturbation (64 patches)", quantus_rp, ours_rp, 64)
+        theirs, ours = quantus_pf(), ours_pf()
+        agreement.append(["pixel-flipping curve, MoRF, 16 pixels per step, black (min) fill",
+                          relative(ours.curves["morf"][:, 1:], theirs)])
+        agreement.append(["pixel-flipping AUC (trapezoid of Quantus' curve)",
+                          relative(np.trapezoid(ours.curves["morf"][:, 1:].numpy(), axis=1),
+                                   np.trapezoid(theirs, axis=1))])
+        record_speed("pixel-flipping (64 steps)", quantus_pf, ours_pf, n_features // step)
+
+    # ---------------------------------------------------------------- region perturbation
+    if "region" in groups:
+        for order in ("morf", "lerf"):
+            q_rp = quantus.RegionPerturbation(patch_size=4, order=order, regions_evaluation=64,
+                                              perturb_baseline="black", disable_warnings=True)
+
+            def quantus_rp(q_rp=q_rp):
+                return np.asarray(q_rp(model=model, x_batch=xn, y_batch=yn, a_batch=an,
+                                       softmax=False, device="cpu", batch_size=BATCH))
+
+            def ours_rp(order=order):
+                return evaluate.pixel_flipping(model, x, a, y, order=order, patch_size=4, fill="min",
+                                               batch_size=BATCH)
+
+            theirs, ours = quantus_rp(), ours_rp()
+            curve = ours.curves[order]
+            agreement.append([f"region perturbation {order.upper()}, 4x4 patches: f(x) - f(x^k)",
+                              relative(curve[:, :1] - curve[:, 1:], theirs)])
+            agreement.append([f"AOPC {order.upper()} = sum(Quantus curve) / (L + 1)",
+                              relative(ours.scores, theirs.sum(axis=1) / (theirs.shape[1] + 1))])
+            if order == "morf":
+                record_speed("region perturbation (64 patches)", quantus_rp, ours_rp, 64)
 
     # ---------------------------------------------------------------- faithfulness correlation
-    runs, size, seed = 100, 224, 7
-    q_fc = quantus.FaithfulnessCorrelation(nr_runs=runs, subset_size=size, perturb_baseline="black",
-                                           return_aggregate=False, disable_warnings=True)
-    subsets = torch.as_tensor(replay_subsets(args.n, n_features, runs, size, BATCH, seed))
+    if "correlation" in groups:
+        runs, size, seed = 100, 224, 7
+        q_fc = quantus.FaithfulnessCorrelation(nr_runs=runs, subset_size=size, perturb_baseline="black",
+                                               return_aggregate=False, disable_warnings=True)
+        subsets = torch.as_tensor(replay_subsets(args.n, n_features, runs, size, BATCH, seed))
 
-    def quantus_fc():
-        np.random.seed(seed)
-        return np.asarray(q_fc(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=False,
-                               device="cpu", batch_size=BATCH))
+        def quantus_fc():
+            np.random.seed(seed)
+            return np.asarray(q_fc(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=False,
+                                   device="cpu", batch_size=BATCH))
 
-    def ours_fc(subsets=subsets):
-        return evaluate.faithfulness_correlation(model, x, a, y, fill="min", subsets=subsets,
-                                                 batch_size=BATCH)
+        def ours_fc(subsets=subsets):
+            return evaluate.faithfulness_correlation(model, x, a, y, fill="min", subsets=subsets,
+                                                     batch_size=BATCH)
 
-    theirs, ours = quantus_fc(), ours_fc()
-    agreement.append(["faithfulness correlation, same 100 subsets of 224 pixels",
-                      relative(ours.scores, theirs)])
-    record_speed("faithfulness correlation (100 runs)", quantus_fc,
-                 lambda: evaluate.faithfulness_correlation(model, x, a, y, runs=runs,
-                                                           subset_size=size, fill="min",
-                                                           generator=seed, batch_size=BATCH),
-                 runs)
+        theirs, ours = quantus_fc(), ours_fc()
+        agreement.append(["faithfulness correlation, same 100 subsets of 224 pixels",
+                          relative(ours.scores, theirs)])
+        record_speed("faithfulness correlation (100 runs)", quantus_fc,
+                     lambda: evaluate.faithfulness_correlation(model, x, a, y, runs=runs,
+                                                               subset_size=size, fill="min",
+                                                               generator=seed, batch_size=BATCH),
+                     runs)
 
     # ---------------------------------------------------------------- ROAD
-    percentages = list(range(10, 100, 10))
-    q_road = quantus.ROAD(noise=0.0, percentages=percentages, disable_warnings=True)
+    if "road" in groups:
+        percentages = list(range(10, 100, 10))
+        q_road = quantus.ROAD(noise=0.0, percentages=percentages, disable_warnings=True)
 
-    def quantus_road():
-        return q_road(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=False,
-                      device="cpu", batch_size=BATCH)
+        def quantus_road():
+            return q_road(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=False,
+                          device="cpu", batch_size=BATCH)
 
-    def ours_road():
-        return evaluate.road(model, x, a, y, percentages=percentages, noise=0.0, batch_size=BATCH)
+        def ours_road():
+            return evaluate.road(model, x, a, y, percentages=percentages, noise=0.0, batch_size=BATCH)
 
-    theirs, ours = quantus_road(), ours_road()
-    agreement.append(["ROAD MoRF accuracy per percentage (10..90 %), noise 0",
-                      relative(ours.curves["morf"].mean(0), [theirs[p] for p in percentages])])
-    from quantus.functions.perturb_func import noisy_linear_imputation as q_impute
-    order = torch.argsort(-a.flatten(1), dim=1, stable=True).numpy()
-    worst = 0.0
-    for i in range(8):
-        for p in (10, 50, 90):
-            k = int(n_features * p / 100)
-            mask = torch.zeros(n_features, dtype=torch.bool)
-            mask[torch.as_tensor(order[i, :k])] = True
-            mine = evaluate.noisy_linear_imputation(x[i:i + 1], mask.reshape(1, 32, 32), noise=0.0)
-            worst = max(worst, relative(mine[0].numpy(), q_impute(xn[i], order[i, :k], noise=0.0)))
-    agreement.append(["noisy linear imputation (8 digits x 10/50/90 %), noise 0", worst])
-    record_speed("ROAD (9 percentages)", quantus_road, ours_road, len(percentages))
+        theirs, ours = quantus_road(), ours_road()
+        agreement.append(["ROAD MoRF accuracy per percentage (10..90 %), noise 0",
+                          relative(ours.curves["morf"].mean(0), [theirs[p] for p in percentages])])
+        from quantus.functions.perturb_func import noisy_linear_imputation as q_impute
+        order = torch.argsort(-a.flatten(1), dim=1, stable=True).numpy()
+        worst = 0.0
+        for i in range(8):
+            for p in (10, 50, 90):
+                k = int(n_features * p / 100)
+                mask = torch.zeros(n_features, dtype=torch.bool)
+                mask[torch.as_tensor(order[i, :k])] = True
+                mine = evaluate.noisy_linear_imputation(x[i:i + 1], mask.reshape(1, 32, 32), noise=0.0)
+                worst = max(worst, relative(mine[0].numpy(), q_impute(xn[i], order[i, :k], noise=0.0)))
+        agreement.append(["noisy linear imputation (8 digits x 10/50/90 %), noise 0", worst])
+        record_speed("ROAD (9 percentages)", quantus_road, ours_road, len(percentages))
 
     # ---------------------------------------------------------------- complexity
-    q_sp = quantus.Sparseness(disable_warnings=True)
-    q_cx = quantus.Complexity(disable_warnings=True)
+    if "complexity" in groups:
+        q_sp = quantus.Sparseness(disable_warnings=True)
+        q_cx = quantus.Complexity(disable_warnings=True)
 
-    def quantus_sp():
-        return np.asarray(q_sp(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy(),
-                               device="cpu", batch_size=BATCH))
+        def quantus_sp():
+            return np.asarray(q_sp(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy(),
+                                   device="cpu", batch_size=BATCH))
 
-    def quantus_cx():
-        return np.asarray(q_cx(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy(),
-                               device="cpu", batch_size=BATCH))
+        def quantus_cx():
+            return np.asarray(q_cx(model=model, x_batch=xn, y_batch=yn, a_batch=an.copy(),
+                                   device="cpu", batch_size=BATCH))
 
-    theirs = quantus_sp()
-    ours = evaluate.sparseness(None, x, a).scores.double().numpy()
-    agreement.append(["sparseness (Gini), as defined", relative(ours, theirs)])
-    # Quantus divides by the batch's max |a| and adds 1e-7 to every value: Gini * S / (S + n eps)
-    s = (np.abs(an) / np.abs(an).max()).reshape(len(an), -1).sum(1)
-    agreement.append(["sparseness with Quantus' +1e-7 shift written out",
-                      relative(ours * s / (s + n_features * 1e-7), theirs)])
-    record_speed("sparseness", quantus_sp, lambda: evaluate.sparseness(None, x, a))
-    theirs = quantus_cx()
-    agreement.append(["complexity (entropy)",
-                      relative(evaluate.complexity(None, x, a).scores, theirs)])
-    record_speed("complexity", quantus_cx, lambda: evaluate.complexity(None, x, a))
+        theirs = quantus_sp()
+        ours = evaluate.sparseness(None, x, a).scores.double().numpy()
+        agreement.append(["sparseness (Gini), as defined", relative(ours, theirs)])
+        # Quantus divides by the batch's max |a| and adds 1e-7 to every value: Gini * S / (S + n eps)
+        s = (np.abs(an) / np.abs(an).max()).reshape(len(an), -1).sum(1)
+        agreement.append(["sparseness with Quantus' +1e-7 shift written out",
+                          relative(ours * s / (s + n_features * 1e-7), theirs)])
+        record_speed("sparseness", quantus_sp, lambda: evaluate.sparseness(None, x, a))
+        theirs = quantus_cx()
+        agreement.append(["complexity (entropy)",
+                          relative(evaluate.complexity(None, x, a).scores, theirs)])
+        record_speed("complexity", quantus_cx, lambda: evaluate.complexity(None, x, a))
 
     # ---------------------------------------------------------------- MPRT
-    q_seed = 42
-    q_mprt = quantus.MPRT(seed=q_seed, layer_order="top_down", disable_warnings=True)
+    if "mprt" in groups:
+        q_seed = 42
+        q_mprt = quantus.MPRT(seed=q_seed, layer_order="top_down", disable_warnings=True)
 
-    def quantus_mprt():
-        return q_mprt(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=False,
-                      device="cpu", batch_size=BATCH, explain_func=lrp_explain_func(composite))
+        def quantus_mprt():
+            return q_mprt(model=model, x_batch=xn, y_batch=yn, a_batch=an, softmax=False,
+                          device="cpu", batch_size=BATCH, explain_func=lrp_explain_func(composite))
 
-    def quantus_reset(name, module, generator):
-        torch.manual_seed(q_seed + 1)
-        module.reset_parameters()
+        def quantus_reset(name, module, generator):
+            torch.manual_seed(q_seed + 1)
+            module.reset_parameters()
 
-    def ours_mprt():
-        return evaluate.model_parameter_randomization(model, x, composite, y, similarity="spearman",
-                                                      randomize=quantus_reset, batch_size=BATCH)
+        def ours_mprt():
+            return evaluate.model_parameter_randomization(model, x, composite, y, similarity="spearman",
+                                                          randomize=quantus_reset, batch_size=BATCH)
 
-    theirs, ours = quantus_mprt(), ours_mprt()
-    layers = [k for k in theirs if k != "original"]
-    agreement.append([f"MPRT Spearman per layer and sample ({len(layers)} layers, top-down)",
-                      relative(ours.curves["spearman"].numpy(),
-                               np.stack([theirs[k] for k in layers], axis=1))])
-    assert layers == ours.labels, (layers, ours.labels)
-    record_speed("MPRT (7 layers, Spearman)", quantus_mprt, ours_mprt)
+        theirs, ours = quantus_mprt(), ours_mprt()
+        layers = [k for k in theirs if k != "original"]
+        agreement.append([f"MPRT Spearman per layer and sample ({len(layers)} layers, top-down)",
+                          relative(ours.curves["spearman"].numpy(),
+                                   np.stack([theirs[k] for k in layers], axis=1))])
+        assert layers == ours.labels, (layers, ours.labels)
+        record_speed("MPRT (7 layers, Spearman)", quantus_mprt, ours_mprt)
 
     header = (f"{datetime.date.today()}, {platform.machine()}, {torch.get_num_threads()} threads, "
               f"torch {torch.__version__}, quantus {quantus.__version__}; shipped digits CNN, "

@@ -132,8 +132,10 @@ class Comparison:
             import matplotlib.pyplot as plt
         except ImportError:
             raise ImportError("plot_curves needs matplotlib: pip install 'lrp[plot]'") from None
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        n = len(self.results)
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"] if n <= 10 else [
+            plt.get_cmap("tab20")(i % 20) for i in range(n)]
         for i, (method, per_method) in enumerate(self.results.items()):
             s = per_method.get(metric) or per_method.get("AOPC-MoRF") or per_method.get("AOPC-LeRF")
             if s is None or s.steps is None:
@@ -143,11 +145,11 @@ class Comparison:
                 if order in s.curves:
                     curve = s.curves[order].double().mean(dim=0).cpu()
                     ax.plot(s.steps.cpu(), curve, style, color=color,
-                            label=f"{method} ({order.upper().replace('O', 'o')})")
+                            label=f"{method} ({'MoRF' if order == 'morf' else 'LeRF'})")
         ax.set_xlabel("fraction of patches replaced")
         ax.set_ylabel("explained output f(x)")
         ax.set_title("Perturbation curves: MoRF (solid) and LeRF (dashed), mean over samples")
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
