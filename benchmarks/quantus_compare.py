@@ -1,7 +1,6 @@
 """lrp.evaluate against Quantus 0.6: agreement and speed, side by side in one run.
 
-    LRP_BENCH_VENV=/work/cmpvenv bash benchmarks/run.sh quantus_compare.py [-n 256] [--repeats 3]
-                                                                          [--write]
+    bash benchmarks/run.sh quantus_compare.py [-n 256] [--repeats 1] [--only A,B] [--write]
 
 The shipped digits CNN (lrp.demo) on ``n`` held-out digits of scikit-learn's test split
 (the model's own split), explained with EpsilonPlus (BatchNorm fused).  Both tools get
