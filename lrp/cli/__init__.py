@@ -9,6 +9,7 @@ Subcommands::
                 [--low L] [--high H] [--overlay] [--clip-percentile P] [--no-canonize]
                 [--no-label] [--no-colorbar]
     lrp inspect --model SPEC [--composite NAME] [--size H W] [--grayscale]
+    lrp evaluate --model SPEC [--images DIR] [-n N] [--methods A,B] [--metrics A,B] [--out DIR]
 
 A model ``SPEC`` is one of
 
@@ -54,7 +55,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo, heatmap, inspect
+from . import demo, evaluate, heatmap, inspect
 from .common import (COMPOSITES, IMAGENET_MEAN, IMAGENET_STD, METHODS, CLIError,
                      Preprocessing, composite_name, load_model, make_composite)
 
@@ -63,7 +64,7 @@ __all__ = ["main", "build_parser", "CLIError", "COMPOSITES", "METHODS", "make_co
 
 #: The subcommand modules, in the order ``lrp --help`` lists them; each has
 #: ``register(subparsers)`` and ``run(args) -> int``.
-COMMANDS = (demo, heatmap, inspect)
+COMMANDS = (demo, heatmap, inspect, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
