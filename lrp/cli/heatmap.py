@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Dict
 
 from .common import (METHODS, CLIError, add_model_options, bounds_and_composite, check_cmap,
-                     check_images, composite_name, enlarge, load_model, open_image,
-                     preprocessing, run_explanation, scripted_check, unique_stem)
+                     check_images, composite_name, enlarge, load_model, preprocessing,
+                     scripted_check, unique_stem)
+from .datasets import expand_images, explained_images
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,7 +18,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..image import heatmap, overlay, save
 
-    check_images(args.images)
+    images = expand_images(args.images)
+    check_images(images)
     check_cmap(args.cmap)
     composite_name(args.composite)
     if args.method not in METHODS:
@@ -33,10 +35,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     seen: Dict[str, int] = {}
     warned = False
-    for path in tqdm(args.images, desc="explaining", unit="image", disable=None):
-        x = prep(open_image(path))
-        explanation = run_explanation(loaded.model, x, composite, args.target,
-                               "off" if loaded.scripted else "warn", args.method)
+    for path, x, explanation in explained_images(
+            images, prep, loaded.model, composite, args.target,
+            "off" if loaded.scripted else "warn", args.method, args.batch_size, args.workers):
         if not warned and explanation.audit is not None and not explanation.audit.ok:
             tqdm.write(f"lrp: warning: {explanation.audit}", file=sys.stderr)
             warned = True
@@ -62,7 +63,8 @@ def register(sub) -> None:
     heat = sub.add_parser("heatmap", help="write a heatmap PNG per image",
                           description="Explain images with a model and write one heatmap PNG "
                                       "per image (IMAGE_heatmap.png).")
-    heat.add_argument("images", nargs="+", metavar="IMAGE")
+    heat.add_argument("images", nargs="+", metavar="IMAGE",
+                      help="image files, or folders (every image below them)")
     add_model_options(heat)
     heat.add_argument("--method", default="lrp", metavar="NAME",
                       help="attribution method: " + ", ".join(METHODS) + " (default: "
@@ -78,4 +80,8 @@ def register(sub) -> None:
                       help="also write the heatmap blended over the input (IMAGE_overlay.png)")
     heat.add_argument("--clip-percentile", type=float, default=None, metavar="P",
                       help="clip |relevance| at this percentile before coloring, e.g. 99.5")
+    heat.add_argument("--batch-size", type=int, default=16, metavar="B",
+                      help="images explained together (default: %(default)s)")
+    heat.add_argument("--workers", type=int, default=0, metavar="W",
+                      help="DataLoader processes that read the images (default: %(default)s)")
     heat.set_defaults(func=run)
