@@ -29,11 +29,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..batching import positive_int
-from ..composites import Composite
+from ..composites import Composite, ModelLayers, Primitive
 from ..data.distributed import Group, shard
 from ..data.run import Layout, make_key, run_chunks
 from ..data.source import Source, split_batch
 from ..data.store import Store
+from ..layers import is_weighted
 from .attribution import Concepts, concept_of
 from .engine import capture, check_layers
 
@@ -168,6 +169,31 @@ def default_cache_dir() -> Path:
     return Path(base) / "lrp" / "crp"
 
 
+class _RulesAbove(Primitive):
+    """Removes the rules of the weighted layers that run up to the lowest of
+    ``layers`` (that layer included).
+
+    A concept's relevance at a layer's output depends only on the rules above the
+    layer, and rules leave every output's value unchanged, so without these rules
+    the scores are the same, minus the modified forward passes below (on VGG16 at
+    its last convolution, all of them).  A weighted module that runs below the
+    layer and again above it would lose its rule above as well.
+    """
+
+    def __init__(self, layers: Sequence[str]):
+        self.layers = list(layers)
+
+    def assign(self, layers: ModelLayers, mapping: dict) -> None:
+        position = {name: i for i, name in enumerate(layers.order)}
+        ends = [max((i for leaf, i in position.items()
+                     if leaf == name or leaf.startswith(name + ".")), default=-1)
+                for name in self.layers]
+        cut = min(ends)
+        for name in list(mapping):
+            if position.get(name, cut + 1) <= cut and is_weighted(layers.modules[name]):
+                del mapping[name]
+
+
 def collect_references(model: nn.Module, loader: DataLoader, composite: Composite | None,
                        layers: Sequence[str], *, n: int = 8,
                        target: None | int | str = None, concepts: Concepts = None,
@@ -277,6 +303,8 @@ def collect_references(model: nn.Module, loader: DataLoader, composite: Composit
         _absorb(best, _read_partial(layout, chunk, layers), n)  # type: ignore[arg-type]
     partial: dict[str, dict[str, list[Tensor]]] = {m: {} for m in MODES}
     started = [False]
+    above = Composite(*composite.primitives, _RulesAbove(layers), canonizers=composite.canonizers,
+                      attribution=composite.attribution, name=composite.name)
 
     def process(writer, start: int, x: Tensor, y: Tensor | None) -> None:
         x = x.to(device) if device is not None else x
@@ -284,7 +312,7 @@ def collect_references(model: nn.Module, loader: DataLoader, composite: Composit
             raise ValueError("target='label' needs batches of (inputs, labels)")
         audit = "warn" if group.rank == 0 and not started[0] else "off"
         started[0] = True
-        with capture(model, x, composite, layers, output_relevance=output_relevance,
+        with capture(model, x, above, layers, output_relevance=output_relevance,
                      audit=audit) as fw:
             labels = y.to(fw.output.device) if target == "label" else target
             t, seed = fw.targets(labels)
