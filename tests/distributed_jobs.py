@@ -116,3 +116,9 @@ if __name__ == "__main__":
     what, store = sys.argv[1], sys.argv[2]
     run = references if what == "refs" else attributions
     run(Digits(37, fail_at=28, how="kill"), store, data_key="digits-37")
+
+
+def digits_dataset():
+    """A dataset factory for the command line: 6 shipped digits (float32) with labels."""
+    x, y = demo_inputs(6)
+    return torch.utils.data.TensorDataset(x, y)

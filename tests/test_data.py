@@ -388,6 +388,33 @@ def test_cli_one_process_and_torchrun(tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_cli_dataset_factory_methods_and_concepts(tmp_path, monkeypatch):
+    """``package.module:factory`` data, ``--method smoothgrad`` and ``--concepts``: the
+    stores hold what the library functions give batch by batch."""
+    monkeypatch.chdir(HERE)
+    from lrp.canonizers import MergeBatchNorm
+    from lrp.composites import EpsilonGammaBox
+    from lrp.demo import HIGH, LOW, load_demo_model
+    args = ["distributed_jobs:digits_dataset", "--model", "demo", "--batch-size", "3",
+            "--target", "label"]
+    assert cli.main(["attribute-dataset", *args, "--store", str(tmp_path / "sg"),
+                     "--method", "smoothgrad"]) == 0
+    assert cli.main(["attribute-dataset", *args, "--store", str(tmp_path / "crp"),
+                     "--concepts", "features.8:1-2,7"]) == 0
+    model, (x, y) = load_demo_model(), jobs.digits_dataset().tensors
+    composite = EpsilonGammaBox(LOW, HIGH, canonizers=[MergeBatchNorm()])
+    smooth, conditional = AttributionStore(tmp_path / "sg"), AttributionStore(tmp_path / "crp")
+    assert conditional.relevance.shape == (6, 3, 1, 32, 32)
+    for start in (0, 3):
+        xb, yb = x[start:start + 3], y[start:start + 3]
+        sg = lrp.gradients.smoothgrad(model, xb, target=yb, n=32, seed=start)
+        np.testing.assert_allclose(smooth.relevance[start:start + 3], sg.relevance.numpy(),
+                                   rtol=1e-5, atol=1e-7)
+        e = crp.attribute(model, xb, composite, [{"features.8": [c], "y": yb} for c in (1, 2, 7)])
+        np.testing.assert_allclose(conditional.relevance[start:start + 3], e.relevance.numpy(),
+                                   rtol=1e-4, atol=1e-6)
+
+
 def test_cli_atlas_from_the_reference_store(tmp_path, capsys):
     folder = _digit_folder(tmp_path / "digits", 12)
     store = tmp_path / "refs"

@@ -101,18 +101,19 @@ class Source:
         return [list(range(a, min(stop, a + self.batch_size)))
                 for a in range(start, stop, self.batch_size)]
 
-    def loader(self, batches: list[list[int]]) -> DataLoader:
+    def loader(self, batches: list[list[int]], workers: Optional[int] = None) -> DataLoader:
         """A DataLoader yielding exactly ``batches`` (lists of dataset indices), in order."""
+        workers = self.workers if workers is None else workers
         options = dict(self.options)
-        if self.workers == 0:
-            for k in ("prefetch_factor", "persistent_workers"):
+        if workers == 0:
+            for k in ("prefetch_factor", "persistent_workers", "worker_init_fn",
+                      "multiprocessing_context"):
                 options.pop(k, None)
-        return DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
-                          **options)
+        return DataLoader(self.dataset, batch_sampler=batches, num_workers=workers, **options)
 
     def first(self) -> tuple[Tensor, Optional[Tensor]]:
-        """Sample 0 as a batch of one."""
-        return split_batch(next(iter(self.loader([[0]]))))
+        """Sample 0 as a batch of one (loaded in this process)."""
+        return split_batch(next(iter(self.loader([[0]], workers=0))))
 
 
 def sample_bytes(h, x: Tensor) -> None:
