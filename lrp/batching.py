@@ -94,41 +94,49 @@ class RowSums:
         return self._total
 
 
-def run_chunked(make_pass: Callable[[int], Tensor], n_passes: int, t: Tensor,
-         evaluate: Callable[[Tensor, Tensor], Tensor],
-         consume: Callable[[int, int, int, Tensor], None],
-         batch_size: int, progress: bool | None, desc: str) -> None:
+def run_chunked(make_pass: Callable[[int], Union[Tensor, tuple[Tensor, Tensor]]], n_passes: int,
+                t: Tensor, evaluate: Callable[[Tensor, Tensor], Tensor],
+                consume: Callable[[int, int, int, Tensor], None],
+                batch_size: int, progress: bool | None, desc: str) -> None:
     """Evaluate ``n_passes`` model inputs of shape ``(batch, ...)`` in chunks.
 
-    ``make_pass(p)`` builds pass ``p`` (called once per pass, in order); the rows of
-    all passes are streamed pass-major into chunks of at most ``batch_size`` rows,
-    ``evaluate(rows, targets)`` runs on each chunk and ``consume(p, start, stop,
-    values)`` receives the values of samples ``start:stop`` of pass ``p``.
+    ``make_pass(p)`` builds pass ``p`` (called once per pass, in order): the inputs of
+    every sample, or ``(inputs, samples)`` with the inputs of only the samples
+    ``samples`` (1-D indices into the batch).  The rows of all passes are streamed
+    pass-major into chunks of at most ``batch_size`` rows, ``evaluate(rows, targets)``
+    runs on each chunk and ``consume(p, start, stop, values)`` receives the values of
+    rows ``start:stop`` of pass ``p`` (samples ``start:stop``, or
+    ``samples[start:stop]``).
     """
     batch = t.shape[0]
-    chunks = math.ceil(n_passes * batch / batch_size)
+    chunks = math.ceil(n_passes * batch / batch_size)  # at most; fewer when passes are partial
     with tqdm(total=chunks, desc=desc, disable=not show_progress(progress, chunks)) as bar:
-        for rows, segments in _chunks(make_pass, n_passes, batch, batch_size):
-            values = evaluate(rows, torch.cat([t[a:b] for _, a, b in segments]))
+        for rows, segments in _chunks(make_pass, n_passes, batch_size):
+            values = evaluate(rows, torch.cat([t[a:b] if samples is None else t[samples[a:b]]
+                                               for _, a, b, samples in segments]))
             offset = 0
-            for p, a, b in segments:
+            for p, a, b, _ in segments:
                 consume(p, a, b, values[offset:offset + b - a])
                 offset += b - a
             bar.update(1)
+        if bar.n < chunks:
+            bar.total = bar.n
+            bar.refresh()
 
 
-def _chunks(make_pass: Callable[[int], Tensor], n_passes: int, batch: int,
-            batch_size: int) -> Iterator[tuple[Tensor, list[tuple[int, int, int]]]]:
+def _chunks(make_pass: Callable[[int], Union[Tensor, tuple[Tensor, Tensor]]], n_passes: int,
+            batch_size: int) -> Iterator[tuple[Tensor, list[tuple[int, int, int, Tensor | None]]]]:
     pieces: list[Tensor] = []
-    segments: list[tuple[int, int, int]] = []
+    segments: list[tuple[int, int, int, Tensor | None]] = []
     rows = 0
     for p in range(n_passes):
-        inputs = make_pass(p)
+        made = make_pass(p)
+        inputs, samples = made if isinstance(made, tuple) else (made, None)
         start = 0
-        while start < batch:
-            stop = min(batch, start + batch_size - rows)
+        while start < inputs.shape[0]:
+            stop = min(inputs.shape[0], start + batch_size - rows)
             pieces.append(inputs[start:stop])
-            segments.append((p, start, stop))
+            segments.append((p, start, stop, samples))
             rows += stop - start
             start = stop
             if rows == batch_size:

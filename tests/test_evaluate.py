@@ -15,7 +15,7 @@ from lrp.canonizers import MergeBatchNorm
 from lrp.composites import (EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat,
                             GuidedBackprop)
 from lrp.demo import HIGH, LOW, demo_inputs, load_demo_model
-from lrp.evaluate import features
+from lrp.evaluate import features, imputation
 
 
 @pytest.fixture(scope="module")
@@ -178,13 +178,20 @@ def test_faithfulness_correlation_equals_a_per_sample_loop(demo):
         assert result.scores[i].item() == pytest.approx(np.corrcoef(sums, drops)[0, 1], abs=1e-4)
 
 
-def test_noisy_linear_imputation_solves_the_neighbour_equations():
+@pytest.mark.parametrize("solver", ["scipy", "sparse-lu", "torch"])
+@pytest.mark.parametrize("h,w", [(6, 7), (8, 5)])
+def test_noisy_linear_imputation_solves_the_neighbour_equations(solver, h, w, monkeypatch):
+    """Against the dense system built pixel by pixel and np.linalg.solve: the banded
+    Cholesky (wide and tall images), the sparse LU beyond MAX_BAND, conjugate gradients."""
+    if solver == "sparse-lu":
+        monkeypatch.setattr(imputation, "MAX_BAND", 0)
+        solver = "scipy"
     g = torch.Generator().manual_seed(2)
-    h, w = 6, 7
-    x = torch.randn(2, 2, h, w, generator=g, dtype=torch.float64)
-    mask = torch.rand(2, h, w, generator=g) < 0.6
-    out = evaluate.noisy_linear_imputation(x, mask, noise=0.0)
-    for b in range(2):
+    x = torch.randn(3, 2, h, w, generator=g, dtype=torch.float64)
+    mask = torch.rand(3, h, w, generator=g) < 0.6
+    mask[2] = False  # nothing removed in the last image
+    out = evaluate.noisy_linear_imputation(x, mask, noise=0.0, solver=solver)
+    for b in range(3):
         removed = [(i, j) for i in range(h) for j in range(w) if mask[b, i, j]]
         index = {p: k for k, p in enumerate(removed)}
         a = np.zeros((len(removed), len(removed)))
@@ -200,13 +207,31 @@ def test_noisy_linear_imputation_solves_the_neighbour_equations():
                         a[k, index[(i + di, j + dj)]] -= weight
                     else:
                         rhs[k] += weight * x[b, :, i + di, j + dj].numpy()
-        solution = np.linalg.solve(a, rhs)
-        for (i, j), k in index.items():
-            assert np.allclose(out[b, :, i, j].numpy(), solution[k], atol=1e-8)
+        if removed:
+            solution = np.linalg.solve(a, rhs)
+            for (i, j), k in index.items():
+                assert np.allclose(out[b, :, i, j].numpy(), solution[k], atol=1e-8)
         assert torch.equal(out[b][:, ~mask[b]], x[b][:, ~mask[b]])
-    noisy = evaluate.noisy_linear_imputation(x, mask, noise=0.5, generator=0)
-    assert torch.equal(noisy, evaluate.noisy_linear_imputation(x, mask, noise=0.5, generator=0))
+    noisy = evaluate.noisy_linear_imputation(x, mask, noise=0.5, generator=0, solver=solver)
+    assert torch.equal(noisy, evaluate.noisy_linear_imputation(x, mask, noise=0.5, generator=0,
+                                                               solver=solver))
     assert 0.3 < (noisy - out)[:, :, mask[0] & mask[1]].std() < 0.7
+    single = evaluate.noisy_linear_imputation(x.float(), mask, noise=0.0, solver=solver)
+    assert single.dtype == torch.float32 and torch.allclose(single, out.float(), atol=1e-6)
+
+
+def test_imputation_solvers_agree_on_digits(demo):
+    """Banded Cholesky and conjugate gradients on relevance-ordered removals of 10-90 %."""
+    model, x, labels = demo
+    r = gradients.gradient_x_input(model, x, target=labels).relevance.sum(1).flatten(1)
+    rank = features.ranks(r, "morf").reshape(-1, 32, 32)
+    for p in (10, 50, 90):
+        mask = rank < int(1024 * p / 100)
+        direct = evaluate.noisy_linear_imputation(x.double(), mask, noise=0.0, solver="scipy")
+        iterative = evaluate.noisy_linear_imputation(x.double(), mask, noise=0.0, solver="torch")
+        assert (direct - iterative).abs().max() < 1e-8
+        default = evaluate.noisy_linear_imputation(x, mask, noise=0.0)
+        assert torch.equal(default, direct.float())
 
 
 def test_road_counts_and_accuracy(demo):
@@ -428,3 +453,18 @@ def test_bad_inputs_get_clear_errors(demo):
         evaluate.pixel_flipping(model, x, r, 10)
     with pytest.raises(ValueError, match="unknown metrics"):
         evaluate.compare(model, x, {"r": r}, labels, metrics=["AOPC"])
+
+
+def test_every_module_is_importable_next_to_the_functions():
+    """No function of lrp.evaluate has the name of one of its modules (a function
+    ``road`` once hid the module ``road``)."""
+    import importlib
+    import pkgutil
+    modules = {m.name for m in pkgutil.iter_modules(evaluate.__path__)}
+    assert not modules & set(evaluate.__all__)
+    for name in modules:
+        module = importlib.import_module(f"lrp.evaluate.{name}")
+        assert module.__name__ == f"lrp.evaluate.{name}"
+    assert importlib.import_module("lrp.evaluate.removal").road is evaluate.road
+    assert importlib.import_module("lrp.evaluate.comparison").compare is evaluate.compare
+    assert importlib.import_module("lrp.evaluate.sparsity").complexity is evaluate.complexity

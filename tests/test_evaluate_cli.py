@@ -12,10 +12,11 @@ import torch
 from lrp import cli, evaluate, explain, gradients
 from lrp.canonizers import MergeBatchNorm
 from lrp.cli import evaluate as cli_evaluate
-from lrp.composites import (EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox,
-                            EpsilonPlus, EpsilonPlusFlat, ExcitationBackprop, GuidedBackprop)
+from lrp.composites import (CPLRP, AttnLRP, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat,
+                            EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat, ExcitationBackprop,
+                            GuidedBackprop)
 from lrp.deeplift import deeplift
-from lrp.demo import HIGH, LOW, demo_inputs, load_demo_model
+from lrp.demo import HIGH, LOW, demo_inputs, load_demo_model, shipped_model
 from lrp.evaluate.explainers import explain_with
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ def test_cli_evaluate_error_in_a_subprocess(runs):
     code, out, err = runs[1]["no-data"]
     assert code == 2 and err.strip().splitlines() == [
         "lrp: error: --model torchvision:resnet18 needs --images DIR: only the shipped models "
-        "(demo) come with data to evaluate on"]
+        "(digits, fashion, demo) come with data to evaluate on"]
 
 
 @pytest.mark.parametrize("case", sorted(ERRORS))
@@ -95,7 +96,7 @@ def test_cli_evaluate_methods_are_the_library_methods():
     model = load_demo_model()
     x, labels = demo_inputs(3)
     names = cli_evaluate.method_names()
-    assert len(names) == 12 and names[-1] == "random"
+    assert len(names) == 14 and names[-1] == "random"
     chosen = cli_evaluate.methods(names, LOW, HIGH)
     mbn = [MergeBatchNorm()]
     direct = {
@@ -107,6 +108,8 @@ def test_cli_evaluate_methods_are_the_library_methods():
                                                      labels),
         "excitation-backprop": lambda: explain(model, x, ExcitationBackprop(canonizers=mbn), labels),
         "guided-backprop": lambda: explain(model, x, GuidedBackprop(canonizers=mbn), labels),
+        "attn-lrp": lambda: explain(model, x, AttnLRP(canonizers=mbn), labels),
+        "cp-lrp": lambda: explain(model, x, CPLRP(canonizers=mbn), labels),
         "gradient-x-input": lambda: gradients.gradient_x_input(model, x, target=labels),
         "integrated-gradients": lambda: gradients.integrated_gradients(model, x, target=labels, steps=32),
         "deeplift": lambda: deeplift(model, x, labels),
@@ -122,11 +125,35 @@ def test_cli_evaluate_methods_are_the_library_methods():
 
 
 def test_every_shipped_model_brings_its_data():
-    for spec, load in cli_evaluate.SHIPPED_DATA.items():
-        data = load()
-        x, labels = data.inputs(2)
-        assert x.shape[0] == 2 and labels.shape == (2,)
-        assert bool((torch.as_tensor(data.low) < torch.as_tensor(data.high)).all()), spec
-        assert data.n_samples >= 2 and data.inputs(data.n_samples)[0].shape[0] == data.n_samples
-    x, labels = cli_evaluate.SHIPPED_DATA["demo"]().inputs(5)
-    assert torch.equal(x, demo_inputs(5)[0]) and torch.equal(labels, demo_inputs(5)[1])
+    assert {"digits", "demo", "fashion"} <= set(cli_evaluate.shipped_specs())
+    for spec in cli_evaluate.shipped_specs():
+        x, labels, low, high = cli_evaluate._shipped(spec, 2)
+        direct = shipped_model(spec)
+        assert torch.equal(x, direct.inputs(2)[0]) and torch.equal(labels, direct.inputs(2)[1])
+        assert (low, high) == (direct.low, direct.high)
+    x, labels, low, high = cli_evaluate._shipped("demo", None)
+    assert torch.equal(x, demo_inputs(60)[0]) and (low, high) == (LOW, HIGH)
+
+
+def test_default_patch_size_divides_the_image():
+    assert [cli_evaluate.default_patch_size(s) for s in [(32, 32), (28, 28), (224, 224), (30, 20), (7, 7)]] \
+        == [4, 4, 28, 2, 1]
+
+
+def test_cli_evaluate_fashion_is_the_library_on_the_shipped_photos(capsys, tmp_path):
+    args = ["evaluate", "--model", "fashion", "-n", "3", "--methods", "epsilon-plus,random",
+            "--metrics", "AOPC-MoRF,Sparseness", "--out", str(tmp_path)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert "patch size 4" in capsys.readouterr().out
+    with (tmp_path / "evaluation.csv").open() as f:
+        row = next(r for r in csv.DictReader(f) if r["method"] == "epsilon-plus")
+    fashion = shipped_model("fashion")
+    model = fashion.load()
+    x, labels = fashion.inputs(3)
+    relevance = explain(model, x, EpsilonPlus(canonizers=[MergeBatchNorm()]), labels).relevance
+    aopc = evaluate.pixel_flipping(model, x, relevance, labels, patch_size=4, generator=0)
+    assert float(row["AOPC-MoRF"]) == pytest.approx(aopc.mean(), rel=1e-4, abs=1e-5)
+    assert float(row["Sparseness"]) == pytest.approx(evaluate.sparseness(None, x, relevance).mean(),
+                                                     rel=1e-5)
+    assert cli.main(["evaluate", "--model", "fashion", "-n", "61", "--out", str(tmp_path)]) == 2
+    assert "-n must be between 1 and 60 for --model fashion" in capsys.readouterr().err

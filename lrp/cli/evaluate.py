@@ -5,8 +5,9 @@ and a random baseline are evaluated on the same inputs with the same perturbatio
 (:func:`lrp.evaluate.compare`).  The table is printed and written as Markdown and CSV,
 with a PNG of the mean MoRF/LeRF perturbation curves.
 
-Shipped models come with held-out data (:data:`SHIPPED_DATA`); any other model needs
-``--images DIR`` (every image in the folder, explained for its predicted class).
+Shipped models (the registry :data:`lrp.demo.MODELS`: ``digits`` or ``demo``,
+``fashion``) come with held-out data, explained for the true labels; any other model
+needs ``--images DIR`` (every image in the folder, explained for its predicted class).
 """
 from __future__ import annotations
 
@@ -14,40 +15,13 @@ import argparse
 import sys
 from functools import partial
 from pathlib import Path
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .common import (COMPOSITES, CLIError, check_images, load_model, make_composite,
                      open_image, preprocessing, run_method)
-
-@dataclass
-class ShippedData:
-    """What ``lrp evaluate`` needs of a shipped model: ``inputs(n) -> (x, labels)``, the
-    input bounds ``low``/``high`` (for epsilon-gamma-box) and ``n_samples``."""
-
-    inputs: Callable[[int], Tuple[Tensor, Tensor]]
-    low: Union[float, Tensor]
-    high: Union[float, Tensor]
-    n_samples: int
-
-
-def _digits() -> ShippedData:
-    import numpy as np
-
-    from .. import demo
-    with np.load(demo.SAMPLES) as data:
-        n_samples = len(data["labels"])
-    return ShippedData(demo.demo_inputs, demo.LOW, demo.HIGH, n_samples)
-
-
-#: Model specs that ship their own held-out data: spec -> a function returning it
-#: (anything with the attributes of :class:`ShippedData`).
-SHIPPED_DATA: Dict[str, Callable[[], ShippedData]] = {
-    "demo": _digits,
-}
 
 #: The methods of ``lrp evaluate`` (besides every preset composite of COMPOSITES).
 OTHER_METHODS = ("gradient-x-input", "integrated-gradients", "deeplift", "smoothgrad", "random")
@@ -92,13 +66,23 @@ def _library_method(name: str, model: nn.Module, x: Tensor, target=None):
     return run_method(name, model, x, target)
 
 
+def shipped_specs() -> Tuple[str, ...]:
+    """The model specs that come with held-out data: every shipped model and alias."""
+    from .. import demo
+
+    return tuple(demo.MODELS) + tuple(demo.ALIASES)
+
+
 def _shipped(spec: str, n: Optional[int]):
-    data = SHIPPED_DATA[spec]()
-    n = data.n_samples if n is None else n
-    if not 1 <= n <= data.n_samples:
-        raise CLIError(f"-n must be between 1 and {data.n_samples} for --model {spec}, got {n}")
-    x, labels = data.inputs(n)
-    return x, labels, data.low, data.high
+    from .. import demo
+
+    shipped = demo.shipped_model(spec)
+    available = shipped.n_samples()
+    n = available if n is None else n
+    if not 1 <= n <= available:
+        raise CLIError(f"-n must be between 1 and {available} for --model {spec}, got {n}")
+    x, labels = shipped.inputs(n)
+    return x, labels, shipped.low, shipped.high
 
 
 def _folder(folder: str, n: Optional[int], prep) -> Tensor:
@@ -113,11 +97,17 @@ def _folder(folder: str, n: Optional[int], prep) -> Tensor:
     return torch.cat([prep(open_image(str(f))) for f in files])
 
 
+def default_patch_size(spatial) -> int:
+    """The divisor of every side of ``spatial`` closest to an eighth of the shortest
+    side (the smaller one on a tie): 4 for 32x32 digits, 4 for 28x28 photos, 28 for
+    224x224 images."""
+    side = min(spatial)
+    divisors = [d for d in range(1, side + 1) if all(n % d == 0 for n in spatial)]
+    return min(divisors, key=lambda d: (abs(d - side / 8), d))
+
+
 def _patch_size(args, x: Tensor) -> int:
-    if args.patch_size is not None:
-        return args.patch_size
-    side = min(x.shape[2:])
-    return max(1, side // 8)
+    return args.patch_size if args.patch_size is not None else default_patch_size(x.shape[2:])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,9 +132,9 @@ def run(args: argparse.Namespace) -> int:
                        "model as torchvision:ARCH:WEIGHTS or package.module:factory")
     target: Optional[Tensor] = None
     if args.images is None:
-        if args.model not in SHIPPED_DATA:
+        if args.model not in shipped_specs():
             raise CLIError(f"--model {args.model} needs --images DIR: only the shipped models "
-                           f"({', '.join(SHIPPED_DATA)}) come with data to evaluate on")
+                           f"({', '.join(shipped_specs())}) come with data to evaluate on")
         x, target, low, high = _shipped(args.model, args.n)
     else:
         if args.n is not None and args.n < 1:
@@ -206,8 +196,9 @@ def register(sub) -> None:
                                    "the table and write evaluation.md, evaluation.csv and "
                                    "curves.png.")
     p.add_argument("--model", required=True, metavar="SPEC",
-                   help="demo (ships its data) | torchvision:ARCH[:WEIGHTS.pth] | "
-                        "package.module:factory (these need --images)")
+                   help="a shipped model, with its data: digits (or demo), fashion | "
+                        "torchvision:ARCH[:WEIGHTS.pth] | package.module:factory (these need "
+                        "--images)")
     p.add_argument("--images", metavar="DIR", default=None,
                    help="folder of images to evaluate on (default: the shipped model's "
                         "held-out data)")
@@ -218,7 +209,8 @@ def register(sub) -> None:
     p.add_argument("--metrics", default=None, metavar="A,B,...",
                    help="comma-separated metrics (default: " + ",".join(DEFAULT_METRICS) + ")")
     p.add_argument("--patch-size", type=int, default=None, metavar="P",
-                   help="patch side for pixel-flipping (default: an eighth of the image side)")
+                   help="patch side for pixel-flipping (default: the divisor of the image "
+                        "sides closest to an eighth of the shorter one)")
     p.add_argument("--fill", default="min",
                    help="what replaces perturbed patches: min (black), uniform, blur, mean, zero "
                         "(default: %(default)s)")

@@ -21,8 +21,8 @@ Example
 >>> s.scores.shape, s.curves["morf"].shape
 (torch.Size([8]), torch.Size([8, 65]))
 """
-from .compare import DEFAULT_METRICS, METRICS, Comparison, compare
-from .complexity import complexity, entropy, gini, sparseness
+from .comparison import DEFAULT_METRICS, METRICS, Comparison, compare
+from .sparsity import complexity, entropy, gini, sparseness
 from .correlation import faithfulness_correlation, pearson
 from .explainers import random_method
 from .features import blur_fill
@@ -30,7 +30,8 @@ from .localisation import pointing_game, relevance_mass_accuracy, relevance_rank
 from .perturbation import abpc, aopc, pixel_flipping
 from .randomization import model_parameter_randomization, random_logit
 from .result import Scores
-from .road import noisy_linear_imputation, road
+from .imputation import noisy_linear_imputation
+from .removal import road
 from .robustness import max_sensitivity
 from .similarity import hog, hog_similarity, spearman, ssim
 

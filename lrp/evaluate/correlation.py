@@ -17,7 +17,7 @@ from ..batching import Seed, make_generator, positive_int, rand_like
 from ..targets import Target
 from .explainers import Explainer, relevance_for
 from .features import Fill, feature_mask, feature_relevance, fill_values, n_features, spatial_shape
-from .outputs import perturbed_scores, prepare, score
+from .outputs import perturbed_scores, prepare, score, unchanged
 from .result import Scores
 
 __all__ = ["faithfulness_correlation", "pearson"]
@@ -84,6 +84,8 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor, explanation: Expl
         raise ValueError(f"subset_size={subset_size} is larger than the number of features ({n})")
     gen = make_generator(generator)
     values = fill_values(x, fill, gen)
+    # features whose replacement changes some value; a subset of none leaves x as it is
+    differs = (feature_relevance((~unchanged(x, values)).to(x.dtype), x) > 0).reshape(batch, n)
     relevance_sums: List[Tensor] = []
 
     def make_pass(p: int) -> Tensor:
@@ -95,12 +97,14 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor, explanation: Expl
         mask = torch.zeros((batch, n), dtype=torch.bool, device=x.device)
         mask.scatter_(1, chosen, True)
         mask = feature_mask(mask.reshape((batch,) + spatial_shape(x)), x)
-        return torch.where(mask, values, x)
+        source = torch.where(differs.gather(1, chosen).any(dim=1), p, -1)
+        return torch.where(mask, values, x), source
 
+    start = score(output, t, softmax)
     perturbed = perturbed_scores(model, make_pass, runs, t, softmax=softmax,
                                  batch_size=batch_size, progress=progress,
-                                 desc="faithfulness correlation")
-    drops = score(output, t, softmax)[:, None] - perturbed
+                                 desc="faithfulness correlation", start=start)
+    drops = start[:, None] - perturbed
     sums = torch.stack(relevance_sums, dim=1)
     return Scores("FaithfulnessCorrelation", pearson(sums.to(drops.dtype), drops), True,
                   {"relevance_sum": sums, "output_drop": drops})

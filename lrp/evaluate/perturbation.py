@@ -25,7 +25,7 @@ from ..targets import Target
 from .explainers import Explainer, relevance_for
 from .features import (Fill, expand_patches, feature_mask, feature_relevance, fill_values,
                        patch_sizes, patch_sums, ranks, spatial_shape)
-from .outputs import perturbed_scores, prepare, score
+from .outputs import perturbed_scores, prepare, score, unchanged
 from .result import Scores
 
 __all__ = ["pixel_flipping", "abpc", "aopc"]
@@ -50,6 +50,18 @@ def _schedule(n_patches: int, patches_per_step: int, steps) -> Tensor:
     return (torch.arange(steps + 1) * per_step).clamp(max=n_patches)
 
 
+def _sources(differs: Tensor, patch_rank: Tensor, counts: Sequence[int]) -> Tensor:
+    """``(batch, L)``: for step ``k = 1..L`` (column ``k - 1``), the last step up to it
+    that changed the input, as a pass index (``k - 1`` itself if step ``k`` changes
+    something; ``-1``: no step so far did, the input is unperturbed)."""
+    in_order = differs.gather(1, torch.argsort(patch_rank, dim=1)).long()  # by perturbation rank
+    changed_before = torch.cat([torch.zeros_like(in_order[:, :1]), in_order.cumsum(dim=1)], dim=1)
+    bounds = torch.tensor(counts, device=differs.device)
+    changes = changed_before[:, bounds[1:]] > changed_before[:, bounds[:-1]]
+    steps = torch.arange(len(counts) - 1, device=differs.device).expand_as(changes)
+    return torch.where(changes, steps, torch.full_like(steps, -1)).cummax(dim=1).values
+
+
 def _curves(model: nn.Module, inputs: Tensor, explanation: Explainer, target: Target,
             orders: Sequence[str], patch_size: Union[int, Sequence[int]], patches_per_step: int,
             steps, fill: Fill, softmax: bool, generator: Seed, batch_size: int, progress
@@ -63,16 +75,22 @@ def _curves(model: nn.Module, inputs: Tensor, explanation: Explainer, target: Ta
     counts = _schedule(n_patches, patches_per_step, steps).tolist()
     values = fill_values(x, fill, make_generator(generator))
     start = score(output, t, softmax)
+    # patches whose replacement changes some value: a step replacing none of them leaves
+    # the input as it was, so its output is the previous step's
+    differs = feature_relevance((~unchanged(x, values)).to(x.dtype), x) > 0
+    differs = patch_sums(differs.to(x.dtype), sizes) > 0
     curves = {}
     for order in orders:
-        rank = feature_mask(expand_patches(ranks(relevance_of_patches, order), spatial, sizes), x)
+        patch_rank = ranks(relevance_of_patches, order)
+        rank = feature_mask(expand_patches(patch_rank, spatial, sizes), x)
+        sources = _sources(differs, patch_rank, counts)
 
-        def make_pass(p: int, rank: Tensor = rank) -> Tensor:
-            return torch.where(rank < counts[p + 1], values, x)
+        def make_pass(p: int, rank: Tensor = rank, sources: Tensor = sources):
+            return torch.where(rank < counts[p + 1], values, x), sources[:, p]
 
         perturbed = perturbed_scores(model, make_pass, len(counts) - 1, t, softmax=softmax,
                                      batch_size=batch_size, progress=progress,
-                                     desc=f"perturbation ({order})")
+                                     desc=f"perturbation ({order})", start=start)
         curves[order] = torch.cat([start[:, None], perturbed], dim=1)
     return curves, torch.tensor(counts, dtype=torch.float64) / n_patches
 

@@ -1,5 +1,6 @@
-"""Complexity of an explanation: sparseness (Chalasani et al. 2020) and complexity
-(Bhatt et al. 2020), over the relevance per feature (summed over channels).
+"""How sparse an explanation is (Quantus' complexity family): sparseness (Chalasani
+et al. 2020) and complexity (Bhatt et al. 2020), over the relevance per feature (summed
+over channels).
 
 * sparseness: the Gini index of ``|R|``: with ``r_(1) <= ... <= r_(n)`` sorted,
   ``G = sum_i (2i - n - 1) r_(i) / (n sum_i r_(i))``; 0 for equal values, ``1 - 1/n``

@@ -18,14 +18,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 from torch import Tensor, nn
 
 from ..targets import Target
-from .complexity import complexity, sparseness
+from .sparsity import complexity, sparseness
 from .correlation import faithfulness_correlation
 from .explainers import Explainer, explain_batched, is_method
 from .outputs import prepare
 from .perturbation import abpc, aopc
 from .randomization import model_parameter_randomization, random_logit
 from .result import Scores
-from .road import road
+from .removal import road
 from .robustness import max_sensitivity
 
 __all__ = ["compare", "Comparison", "METRICS", "DEFAULT_METRICS"]
