@@ -9,6 +9,9 @@ Subcommands::
                 [--low L] [--high H] [--overlay] [--clip-percentile P] [--no-canonize]
                 [--no-label] [--no-colorbar]
     lrp inspect --model SPEC [--composite NAME] [--size H W] [--grayscale]
+    lrp text TEXT --model DIR [--composite attnlrp|cplrp|gradient] [--target ID_OR_TOKEN]
+             [--contrast ID_OR_TOKEN] [--position N] [--merge-words] [--out DIR]
+             [--cmap NAME] [--font TTF]
 
 A model ``SPEC`` is one of
 
@@ -25,6 +28,11 @@ A model ``SPEC`` is one of
   only be explained with ``--composite gradient``,
 * ``package.module:factory``: imported (the current directory is searched too) and
   called without arguments; it must return an ``nn.Module``.
+
+``lrp text`` explains a text with a Hugging Face causal language model or sequence
+classifier saved with ``save_pretrained`` (model and tokenizer in ``DIR``; see
+:mod:`lrp.cli.text`): it prints the tokens coloured by relevance and writes
+``tokens.html`` and ``tokens.png``.
 
 Composite names are the presets of :mod:`lrp.composites` in any case, with or
 without dashes (``epsilon-gamma-box``, ``EpsilonGammaBox``, ...), and ``gradient``
@@ -54,7 +62,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo, heatmap, inspect
+from . import demo, heatmap, inspect, text
 from .common import (COMPOSITES, IMAGENET_MEAN, IMAGENET_STD, METHODS, CLIError,
                      Preprocessing, composite_name, load_model, make_composite)
 
@@ -63,7 +71,7 @@ __all__ = ["main", "build_parser", "CLIError", "COMPOSITES", "METHODS", "make_co
 
 #: The subcommand modules, in the order ``lrp --help`` lists them; each has
 #: ``register(subparsers)`` and ``run(args) -> int``.
-COMMANDS = (demo, heatmap, inspect)
+COMMANDS = (demo, heatmap, inspect, text)
 
 
 def build_parser() -> argparse.ArgumentParser:
