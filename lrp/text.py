@@ -356,7 +356,8 @@ def to_png(tokens: Sequence[str], relevance: ArrayLike, *, merge: bool = False, 
         Add a colour bar with the value scale on the right, as the heatmaps have
         (:func:`lrp.image.colorbar`).
     width
-        Width of the token area in pixels (the line length).
+        Width of the token area in pixels (the line length; narrower if the tokens
+        fill less than one line).
     font_size
         Text size in pixels.
     font
@@ -396,8 +397,9 @@ def to_png(tokens: Sequence[str], relevance: ArrayLike, *, merge: bool = False, 
         x += dx + sizes[i]
     height = y + box_h if units else box_h
     if colorbar:
-        height = max(height, 96)  # room for the colour bar's three ticks
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+        height = max(height, 60)  # room for the colour bar's three ticks
+    used = max((b[2] for b in boxes), default=1)  # a single short line: no blank to its right
+    canvas = Image.new("RGB", (min(width, used), height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for unit, color, box in zip(units, colors, boxes):
         draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=tuple(int(c) for c in color))

@@ -73,10 +73,10 @@ def dirs(tmp_path_factory):
     """The saved models, and the command-line subprocesses started on them at once."""
     tmp = tmp_path_factory.mktemp("text")
     missing = _start(["--model", tmp / "no-such-dir", "--out", tmp / "never", "hello"], tmp)
-    save_bert(tmp / "bert")
     save_gpt2(tmp / "gpt2")
     run = _start(["--model", tmp / "gpt2", "--out", tmp / "gpt2-out", "--merge-words",
                   "The capital of France is"], tmp)
+    save_bert(tmp / "bert")
     yield tmp, run, missing
     for proc in (run, missing):
         if proc.poll() is None:
@@ -203,7 +203,7 @@ def test_cli_text_gradient_contrast_position_against_autograd(dirs, capsys):
     expected = (embeds * embeds.grad).sum(-1)[0]
     _, values = page(tmp / "grad-out")
     assert close(values, expected.detach())
-    diff = float(logits[rome] - logits[paris])
+    diff = float((logits[rome] - logits[paris]).detach())
     assert f"'\u0120Rome' (id {rome}) against '\u0120Paris' (id {paris})" in captured.out
     assert f"logit difference {diff:.4g}" in captured.out
     assert "after position 3" in captured.out

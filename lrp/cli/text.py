@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
@@ -238,15 +239,15 @@ def run(args: argparse.Namespace) -> int:
     target = int(explanation.target[0])
     output = explanation.output[0].detach().float()
     method = explanation.method or ("gradient x input" if composite is None else name)
-    what = (f"next token after position {position % length}" if causal else "class")
+    what = (f"the next token after position {position % length}:" if causal else "class")
+    predicted = describe(int(output.argmax()), loaded)
     if contrast is None:
-        lines = [f"explains {what} {describe(target, loaded)}, logit {float(output[target]):.4g}"]
+        lines = [f"explains {what} {describe(target, loaded)}, logit {float(output[target]):.4g} "
+                 f"({method}); predicted {predicted}"]
     else:
         diff = float(output[target] - output[contrast])
         lines = [f"explains {what} {describe(target, loaded)} against {describe(contrast, loaded)}, "
-                 f"logit difference {diff:.4g}"]
-    predicted = int(output.argmax())
-    lines[0] += f"; predicted {describe(predicted, loaded)} ({method})"
+                 f"logit difference {diff:.4g} ({method}); predicted {predicted}"]
     lines.append(f"sum of token relevance {float(values.sum()):.4g}")
     style = dict(merge=args.merge_words, scheme=detect_scheme(loaded.tokenizer.get_vocab()),
                  special=set(loaded.tokenizer.all_special_tokens), cmap=args.cmap)
@@ -278,9 +279,12 @@ def explain_text(loaded: TextModel, input_ids, composite, target, position, atte
     from ..transformers import explain_tokens
 
     try:
-        return explain_tokens(loaded.model, input_ids, composite, target=target,
-                              position=position if loaded.kind == CAUSAL else -1,
-                              attention_mask=attention_mask, contrast=contrast)
+        with warnings.catch_warnings():  # the audit is reported once, by run()
+            warnings.simplefilter("ignore")
+            return explain_tokens(loaded.model, input_ids, composite, target=target,
+                                  position=position if loaded.kind == CAUSAL else -1,
+                                  attention_mask=attention_mask, contrast=contrast,
+                                  audit="off" if composite is None else "warn")
     except ValueError as err:
         raise CLIError(first_line(err)) from None
     except RuntimeError as err:
