@@ -108,6 +108,30 @@ def test_every_composite_name_builds():
         cli.composite_name("lrp-zero")
 
 
+def test_composite_names_give_the_presets():
+    """Each command-line name gives the preset built directly (rule trees compared on
+    the demo model, BatchNorm fusion as the CLI adds it)."""
+    from lrp import composites as C
+    expected = {
+        "epsilon-gamma-box": lambda c: C.EpsilonGammaBox(-3.0, 3.0, canonizers=c),
+        "epsilon-plus": lambda c: C.EpsilonPlus(canonizers=c),
+        "epsilon-plus-flat": lambda c: C.EpsilonPlusFlat(canonizers=c),
+        "epsilon-alpha2-beta1": lambda c: C.EpsilonAlpha2Beta1(canonizers=c),
+        "epsilon-alpha2-beta1-flat": lambda c: C.EpsilonAlpha2Beta1Flat(canonizers=c),
+        "excitation-backprop": lambda c: C.ExcitationBackprop(canonizers=c),
+        "guided-backprop": lambda c: C.GuidedBackprop(canonizers=c),
+        "attn-lrp": lambda c: C.AttnLRP(canonizers=c),
+        "cp-lrp": lambda c: C.CPLRP(canonizers=c),
+    }
+    assert set(cli.COMPOSITES) == set(expected) | {"gradient"}
+    model, (x, _) = demo.load_demo_model(), demo.demo_inputs(1)
+    for name, build in expected.items():
+        got = cli.make_composite(name)
+        assert got.tree(model, x) == build([MergeBatchNorm()]).tree(model, x), name
+        assert got.attribution == build([]).attribution
+    assert cli.make_composite("gradient") is None
+
+
 def test_model_specs_in_process(tmp_path, capsys):
     assert cli.load_model("demo").is_demo
     assert isinstance(cli.load_model("lrp.demo:load_demo_model").model, demo.DigitsCNN)

@@ -38,6 +38,8 @@ COMPOSITES: Dict[str, Optional[str]] = {
     "epsilon-alpha2-beta1-flat": "EpsilonAlpha2Beta1Flat",
     "excitation-backprop": "ExcitationBackprop",
     "guided-backprop": "GuidedBackprop",
+    "attn-lrp": "AttnLRP",
+    "cp-lrp": "CPLRP",
     "gradient": None,
 }
 _ALIASES = {"gradientxinput": "gradient", "gradient-x-input": "gradient"}
