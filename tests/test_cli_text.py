@@ -154,7 +154,7 @@ def test_cli_text_classifier_target_label_matches_explain_tokens(dirs, capsys):
     tmp, _, _ = dirs
     text = "the unbelievable movie was bad"
     code = cli.main(["text", "--model", str(tmp / "bert"), "--target", "Positive",
-                     "--composite", "cp-lrp", "--out", str(tmp / "bert-out"), text])
+                     "--composite", "CPLRP", "--out", str(tmp / "bert-out"), text])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     model, tokenizer = load(tmp / "bert")
@@ -231,7 +231,8 @@ def bert_masked_lm(path: Path) -> Path:
     ("missing", "no such directory"),
     ("not_a_model", "is not a model directory (no config.json)"),
     ("masked_lm", "BertForMaskedLM is neither a causal language model"),
-    ("composite", "unknown composite 'epsilon-plus' for text models; valid names: attnlrp"),
+    ("composite", "composite 'epsilon-plus' is not for text models; valid names: attn-lrp, cp-lrp, "),
+    ("unknown_composite", "unknown composite 'shap'; valid names: epsilon-gamma-box"),
     ("token", "--target 'Zanzibar' is not a token of the vocabulary"),
     ("token_id", "--target 100000 is not in the vocabulary"),
     ("label", "--target 'neutral' is not a class of the model; give 0..1 or a label: negative"),
@@ -251,6 +252,7 @@ def test_cli_text_errors(dirs, capsys, case, message):
         "masked_lm": ["--model", str(tmp / "mlm") if (tmp / "mlm").exists()
                       else str(bert_masked_lm(tmp / "mlm")), text],
         "composite": ["--model", gpt2, "--composite", "epsilon-plus", text],
+        "unknown_composite": ["--model", gpt2, "--composite", "shap", text],
         "token": ["--model", gpt2, "--target", "Zanzibar", text],
         "token_id": ["--model", gpt2, "--target", "100000", text],
         "label": ["--model", bert, "--target", "neutral", "a movie"],

@@ -9,7 +9,7 @@ Subcommands::
                 [--low L] [--high H] [--overlay] [--clip-percentile P] [--no-canonize]
                 [--no-label] [--no-colorbar]
     lrp inspect --model SPEC [--composite NAME] [--size H W] [--grayscale]
-    lrp text TEXT --model DIR [--composite attnlrp|cplrp|gradient] [--target ID_OR_TOKEN]
+    lrp text TEXT --model DIR [--composite attn-lrp|cp-lrp|gradient] [--target ID_OR_TOKEN]
              [--contrast ID_OR_TOKEN] [--position N] [--merge-words] [--out DIR]
              [--cmap NAME] [--font TTF]
 

@@ -16,30 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
-from .common import CLIError, check_cmap, check_out
+from .common import CLIError, check_cmap, check_out, composite_name, make_composite
 from ..models import first_line
 
-#: ``--composite`` names -> preset of :mod:`lrp.composites` (``None``: gradient x input).
-COMPOSITES = {"attnlrp": "AttnLRP", "cplrp": "CPLRP", "gradient": None}
+#: The ``--composite`` names (of :data:`lrp.cli.common.COMPOSITES`) for text models.
+TEXT_COMPOSITES = ("attn-lrp", "cp-lrp", "gradient")
 CAUSAL, CLASSIFIER = "causal language model", "sequence classifier"
 
 
-def composite_name(name: str) -> str:
-    """The ``--composite`` name in any case and spelling (``AttnLRP``, ``cp-lrp``, ...)."""
-    key = "".join(c for c in name.lower() if c.isalnum())
-    key = {"gradientxinput": "gradient"}.get(key, key)
-    if key not in COMPOSITES:
-        raise CLIError(f"unknown composite {name!r} for text models; valid names: "
-                       f"{', '.join(COMPOSITES)}")
-    return key
-
-
-def make_composite(name: str):
-    """The preset of a ``--composite`` name (``None`` for ``gradient``)."""
-    from .. import composites
-
-    preset = COMPOSITES[composite_name(name)]
-    return None if preset is None else getattr(composites, preset)()
+def text_composite(name: str) -> str:
+    """The canonical ``--composite`` name (any case and spelling: ``AttnLRP``, ``cplrp``);
+    only the transformer presets and gradient x input."""
+    canonical = composite_name(name)
+    if canonical not in TEXT_COMPOSITES:
+        raise CLIError(f"composite {name!r} is not for text models; valid names: "
+                       f"{', '.join(TEXT_COMPOSITES)}")
+    return canonical
 
 
 @dataclass
@@ -194,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     from ..image import save
     from ..text import detect_scheme, to_ansi, to_html, to_png
 
-    name = composite_name(args.composite)
+    name = text_composite(args.composite)
     check_cmap(args.cmap)
     if not args.text.strip():
         raise CLIError("the text is empty")
@@ -225,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--position {position} is outside the text's {length} tokens")
         progress.set_description("loading model")
         load_weights(loaded)
-        composite = make_composite(name)
+        composite = make_composite(name, canonize=False)
         progress.update()
         progress.set_description("explaining")
         explanation = explain_text(loaded, input_ids, composite, target, position,
@@ -302,9 +294,9 @@ def register(sub) -> None:
     cmd.add_argument("text", metavar="TEXT", help="the text to explain")
     cmd.add_argument("--model", required=True, metavar="DIR",
                      help="directory written by model.save_pretrained and tokenizer.save_pretrained")
-    cmd.add_argument("--composite", default="attnlrp", metavar="NAME",
-                     help="rule preset: " + ", ".join(COMPOSITES) + " (gradient x input; any case; "
-                          "default: %(default)s)")
+    cmd.add_argument("--composite", default="attn-lrp", metavar="NAME",
+                     help="rule preset: " + ", ".join(TEXT_COMPOSITES) + " (gradient x input; any "
+                          "case, with or without dashes; default: %(default)s)")
     cmd.add_argument("--target", default=None, metavar="ID_OR_TOKEN",
                      help="what to explain: for a causal LM the next token (an id, a word such as "
                           "Paris, or a vocabulary token such as ĠParis), for a classifier a class id "
@@ -324,5 +316,5 @@ def register(sub) -> None:
     cmd.set_defaults(func=run)
 
 
-__all__ = ["run", "register", "COMPOSITES", "composite_name", "make_composite", "open_text_model",
-           "load_weights", "TextModel"]
+__all__ = ["run", "register", "TEXT_COMPOSITES", "text_composite", "open_text_model", "load_weights",
+           "TextModel"]
