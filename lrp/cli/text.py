@@ -257,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check_font(font: Optional[str]) -> None:
+    """``--font`` opens as a TrueType font (checked before anything loads)."""
     if font is None:
         return
     from PIL import ImageFont
@@ -309,7 +310,8 @@ def register(sub) -> None:
                      help="merge word pieces into words, summing their relevance")
     cmd.add_argument("--out", default="lrp-text", metavar="DIR",
                      help="output directory for tokens.html and tokens.png (default: %(default)s)")
-    cmd.add_argument("--cmap", default="bwr", help="diverging colormap (default: %(default)s)")
+    cmd.add_argument("--cmap", default="bwr",
+                     help="colormap name or spec as for lrp heatmap (default: %(default)s)")
     cmd.add_argument("--font", default=None, metavar="TTF",
                      help="TrueType font for the PNG (default: Pillow's, ASCII only), e.g. "
                           "DejaVuSans.ttf")
