@@ -47,6 +47,13 @@ def randn_like(shape, generator: torch.Generator | None, like: Tensor) -> Tensor
     return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
+def rand_like(shape, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """Uniform ``[0, 1)`` noise of ``shape`` from ``generator`` (on its device), moved to
+    ``like``'s device and dtype."""
+    device = generator.device if generator is not None else like.device
+    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
 def per_sample(values: Tensor, x: Tensor) -> Tensor:
     """One value per sample ``(batch,)``, shaped to broadcast against ``x``."""
     return values.reshape((-1,) + (1,) * (x.dim() - 1))

@@ -47,7 +47,7 @@ from .audit import Auditor, op_name
 from .composites import Activation
 from .core import Gradient, Term, rule_output
 from .layers import is_weighted, layer_forward
-from .ops import _in_place_result, _out_of_place
+from .ops import OpRule, _in_place_result, _out_of_place
 from .rules import Rule
 from .scope import current_module
 
@@ -246,7 +246,7 @@ class DeepLiftOps:
         return module
 
 
-class _OpSite:
+class _OpSite(OpRule):
     """The DeepLift op rule of one intercepted call."""
 
     def __init__(self, ops: DeepLiftOps, func: Callable):

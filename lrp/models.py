@@ -121,25 +121,31 @@ def _torchvision_model(arch: str, weights: Optional[str]) -> nn.Module:
     return model
 
 
-def _factory_model(spec: str) -> nn.Module:
+def call_factory(spec: str, what: str = "model"):
+    """Import ``package.module:factory`` (the current directory is searched too) and call
+    it without arguments; failures as :class:`SpecError` naming ``what``."""
     module_name, attr = spec.split(":", 1)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         obj = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        raise SpecError(f"cannot import {module_name!r} for model {spec!r}: {err}") from None
+        raise SpecError(f"cannot import {module_name!r} for {what} {spec!r}: {err}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise SpecError(f"module {module_name!r} has no attribute {attr!r} (model {spec!r})")
+            raise SpecError(f"module {module_name!r} has no attribute {attr!r} ({what} {spec!r})")
         obj = getattr(obj, part)
     if not callable(obj):
         raise SpecError(f"{spec!r} is not callable")
     try:
-        model = obj()
+        return obj()
     except Exception as err:  # noqa: BLE001 - report the user's factory failure in one line
-        raise SpecError(f"model factory {spec!r} failed: {type(err).__name__}: "
+        raise SpecError(f"{what} factory {spec!r} failed: {type(err).__name__}: "
                         f"{first_line(err)}") from None
+
+
+def _factory_model(spec: str) -> nn.Module:
+    model = call_factory(spec, "model")
     if not isinstance(model, nn.Module):
         raise SpecError(f"model factory {spec!r} returned {type(model).__name__}, "
                         "not a torch.nn.Module")

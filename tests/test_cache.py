@@ -94,7 +94,7 @@ def test_batchnorm_pairs_found_once_per_model_structure(monkeypatch):
     from lrp import attach, canonizers
     probes = []
     run = attach.run_model
-    monkeypatch.setattr(attach, "run_model", lambda m, x: probes.append(1) or run(m, x))
+    monkeypatch.setattr(attach, "run_model", lambda m, x, **kw: probes.append(1) or run(m, x, **kw))
     model, x = make_model(), torch.randn(2, 3, 6, 6)
     comp = composite()
     first = relevance(model, x, comp)

@@ -9,9 +9,18 @@ Subcommands::
                 [--low L] [--high H] [--overlay] [--clip-percentile P] [--no-canonize]
                 [--no-label] [--no-colorbar]
     lrp inspect --model SPEC [--composite NAME] [--size H W] [--grayscale]
+    lrp evaluate --model SPEC [--images DIR] [-n N] [--methods A,B] [--metrics A,B] [--out DIR]
+    lrp attribute-dataset DATA --model SPEC --store DIR [--method NAME] [--target T]
+                [--batch-size B] [--workers W] [--device DEV] [--class-means] [--concepts L:IDS]
+    lrp crp collect DATA --model SPEC --layer NAME --store DIR [-n N] [--target T] ...
+    lrp crp atlas IMAGE DATA --model SPEC --store DIR --layer NAME [--out PNG]
     lrp text TEXT --model DIR [--composite attn-lrp|cp-lrp|gradient] [--target ID_OR_TOKEN]
              [--contrast ID_OR_TOKEN] [--position N] [--merge-words] [--out DIR]
              [--cmap NAME] [--font TTF]
+
+``DATA`` is an image folder (one subfolder per class) or ``package.module:factory``
+returning a dataset (see :mod:`lrp.cli.datasets`); started by ``torchrun``, the
+dataset commands share the work between its processes.
 
 A model ``SPEC`` is one of
 
@@ -62,7 +71,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import demo, heatmap, inspect, text
+from . import attribute_dataset, crp, demo, evaluate, heatmap, inspect, text
 from .common import (COMPOSITES, IMAGENET_MEAN, IMAGENET_STD, METHODS, CLIError,
                      Preprocessing, composite_name, load_model, make_composite)
 
@@ -71,7 +80,7 @@ __all__ = ["main", "build_parser", "CLIError", "COMPOSITES", "METHODS", "make_co
 
 #: The subcommand modules, in the order ``lrp --help`` lists them; each has
 #: ``register(subparsers)`` and ``run(args) -> int``.
-COMMANDS = (demo, heatmap, inspect, text)
+COMMANDS = (demo, heatmap, inspect, evaluate, attribute_dataset, crp, text)
 
 
 def build_parser() -> argparse.ArgumentParser:

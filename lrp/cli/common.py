@@ -47,21 +47,22 @@ _ALIASES = {"gradientxinput": "gradient", "gradient-x-input": "gradient"}
 #: Attribution methods of ``lrp heatmap --method``: ``lrp`` uses ``--composite``; the
 #: others are called as ``f(model, x, target)`` (references and baselines: zeros).
 METHODS = ("lrp", "deeplift", "gradient", "smoothgrad", "integrated-gradients")
+#: The library method (a name of :data:`lrp.data.METHODS`) and options behind each
+#: ``--method`` other than ``lrp``.
+METHOD_CALLS = {
+    "deeplift": ("deeplift", {}),
+    "gradient": ("gradient", {}),
+    "smoothgrad": ("smoothgrad", {"n": 32, "seed": 0}),
+    "integrated-gradients": ("integrated_gradients", {"steps": 32}),
+}
 
 
 def run_method(method: str, model: nn.Module, x: Tensor, target: Optional[int]):
-    from .. import gradients
-
-    if method == "deeplift":
-        from ..deeplift import deeplift
-        return deeplift(model, x, target)
-    if method == "gradient":
-        return gradients.gradient(model, x, target=target)
-    if method == "smoothgrad":
-        return gradients.smoothgrad(model, x, target=target, n=32, seed=0)
-    if method == "integrated-gradients":
-        return gradients.integrated_gradients(model, x, target=target, steps=32)
-    raise CLIError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if method not in METHOD_CALLS:
+        raise CLIError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    from ..data.attribute import method_function
+    name, options = METHOD_CALLS[method]
+    return method_function(name)(model, x, target=target, **options)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

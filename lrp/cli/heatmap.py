@@ -8,8 +8,9 @@ from typing import Dict
 
 from .common import (METHODS, CLIError, add_figure_options, add_model_options, blank_notice,
                      bounds_and_composite, check_cmap, check_images, check_out, class_label,
-                     composite_name, figure, load_model, notice, open_image, preprocessing,
-                     run_explanation, scripted_check, unique_stem)
+                     composite_name, figure, load_model, notice, preprocessing, scripted_check,
+                     unique_stem)
+from .datasets import expand_images, explained_images
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,7 +19,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..image import heatmap, overlay, save
 
-    check_images(args.images)
+    images = expand_images(args.images)
+    check_images(images)
     check_cmap(args.cmap)
     composite_name(args.composite)
     if args.method not in METHODS:
@@ -39,10 +41,9 @@ def run(args: argparse.Namespace) -> int:
         "gradient x input" if args.method == "lrp" else args.method)
     seen: Dict[str, int] = {}
     warned = False
-    for path in tqdm(args.images, desc="explaining", unit="image", disable=None):
-        x = prep(open_image(path))
-        explanation = run_explanation(loaded.model, x, composite, args.target,
-                               "off" if loaded.scripted else "warn", args.method)
+    for path, x, explanation in explained_images(
+            images, prep, loaded.model, composite, args.target,
+            "off" if loaded.scripted else "warn", args.method, args.batch_size, args.workers):
         if not warned and explanation.audit is not None and not explanation.audit.ok:
             tqdm.write(f"lrp: warning: {explanation.audit}", file=sys.stderr)
             warned = True
@@ -73,7 +74,8 @@ def register(sub) -> None:
     heat = sub.add_parser("heatmap", help="write a heatmap PNG per image",
                           description="Explain images with a model and write one heatmap PNG "
                                       "per image (IMAGE_heatmap.png).")
-    heat.add_argument("images", nargs="+", metavar="IMAGE")
+    heat.add_argument("images", nargs="+", metavar="IMAGE",
+                      help="image files, or folders (every image below them)")
     add_model_options(heat)
     heat.add_argument("--method", default="lrp", metavar="NAME",
                       help="attribution method: " + ", ".join(METHODS) + " (default: "
@@ -90,5 +92,9 @@ def register(sub) -> None:
                            "each pixel's opacity follows its |relevance|")
     heat.add_argument("--clip-percentile", type=float, default=None, metavar="P",
                       help="clip |relevance| at this percentile before coloring, e.g. 99.5")
+    heat.add_argument("--batch-size", type=int, default=16, metavar="B",
+                      help="images explained together (default: %(default)s)")
+    heat.add_argument("--workers", type=int, default=0, metavar="W",
+                      help="DataLoader processes that read the images (default: %(default)s)")
     add_figure_options(heat)
     heat.set_defaults(func=run)

@@ -4,16 +4,18 @@
 the chosen layers, the ``n`` samples with the highest concept relevance (relevance
 maximization, Achtibat et al. 2023) and the ``n`` with the highest activation
 (activation maximization).  Each batch costs one forward and one backward pass from
-the output to the lowest chosen layer.  The result is stored as a small ``.npz`` file
-in a cache directory, keyed by a hash of the model's parameters, the rules, the data
-and the settings, so a re-run with the same inputs loads it instead of recomputing.
+the output to the lowest chosen layer.  It runs in one process or on every rank of a
+``torch.distributed`` job (each rank takes its chunks of the dataset; the top-``n``
+lists are merged exactly), and writes its progress to a store
+(:mod:`lrp.data.store`) keyed by a hash of the model's parameters, the rules, the
+data and the settings: a killed run resumes, a finished one is loaded instead of
+recomputed.
 
 :func:`reference_samples` fetches the references of one concept from the dataset,
 with their conditional heatmaps, cropped to the concept's most relevant region.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -24,16 +26,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, SequentialSampler
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader
 
-from ..composites import Composite
+from ..batching import positive_int
+from ..composites import Composite, ModelLayers, Primitive
+from ..data.distributed import Group, shard
+from ..data.run import Layout, make_key, run_chunks
+from ..data.source import Source, split_batch
+from ..data.store import Store
+from ..layers import is_weighted
 from .attribution import Concepts, concept_of
-from ..batching import show_progress
 from .engine import capture, check_layers
 
 MODES = ("relevance", "activation")
-_FORMAT = 1
+_FORMAT = 2
+#: The merged result inside a reference store.
+RESULT = "references.npz"
 
 
 @dataclass
@@ -49,7 +57,8 @@ class References:
     values
         ``values[mode][layer]``: ``(n_concepts, n)`` concept relevance (mode
         ``"relevance"``) or activation (``"activation"``) of the references, highest
-        first (``-inf`` where the dataset had fewer samples).
+        first, ties by the lower dataset index (``-inf`` where the dataset had fewer
+        samples); in the dtype the model computes in.
     indices
         ``indices[mode][layer]``: ``(n_concepts, n)`` dataset indices (``-1`` where
         missing).
@@ -59,11 +68,14 @@ class References:
     settings
         What the result depends on (hashed into :attr:`key`).
     key
-        The cache key.
+        The store key.
     path
-        The cache file, or ``None``.
+        The result file inside the store (``references.npz``), or ``None``.
     loaded
-        Whether the result came from the cache.
+        Whether the result was read from a finished store instead of computed.
+    computed
+        Samples computed by the call that returned this result (the rest, if any,
+        came from an earlier, interrupted run).
     """
 
     layers: tuple[str, ...]
@@ -75,6 +87,7 @@ class References:
     key: str
     path: Path | None = None
     loaded: bool = False
+    computed: int = 0
 
     def top(self, layer: str, concept: int, mode: str = "relevance") -> tuple[Tensor, Tensor]:
         """Dataset indices and values of the references of one concept (missing ones dropped)."""
@@ -112,7 +125,15 @@ class References:
 
     @classmethod
     def load(cls, path: str | Path) -> References:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`, or the result of a reference store
+        (a directory written by :func:`collect_references`)."""
+        path = Path(path)
+        if path.is_dir():
+            store = Store.open(path, "references")
+            if not store.complete:
+                raise ValueError(f"{path} is incomplete: run collect_references again with the "
+                                 "same settings to resume it")
+            path = path / RESULT
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             if meta.get("format") != _FORMAT:
@@ -133,17 +154,6 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-def split_batch(batch) -> tuple[Tensor, Tensor | None]:
-    """``(inputs, labels)`` of a dataset sample or loader batch (labels may be missing)."""
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        label = batch[1] if len(batch) > 1 else None
-        return batch[0], torch.as_tensor(label) if label is not None else None
-    raise TypeError("expected batches of tensors or (inputs, labels) pairs, got "
-                    f"{type(batch).__name__}")
-
-
 def _device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter or buffer (``None`` if it has none)."""
     for t in list(model.parameters()) + list(model.buffers()):
@@ -159,24 +169,29 @@ def default_cache_dir() -> Path:
     return Path(base) / "lrp" / "crp"
 
 
-def _hash_model(model: nn.Module, h) -> None:
-    for name, t in list(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+class _RulesAbove(Primitive):
+    """Removes the rules of the weighted layers that run up to the lowest of
+    ``layers`` (that layer included).
 
+    A concept's relevance at a layer's output depends only on the rules above the
+    layer, and rules leave every output's value unchanged, so without these rules
+    the scores are the same, minus the modified forward passes below (on VGG16 at
+    its last convolution, all of them).  A weighted module that runs below the
+    layer and again above it would lose its rule above as well.
+    """
 
-def _hash_data(loader: DataLoader, h) -> int:
-    count = 0
-    for batch in loader:
-        x, y = split_batch(batch)
-        for t in (x, y):
-            if t is not None:
-                t = t.detach().cpu().contiguous()
-                h.update(f"{t.dtype}:{tuple(t.shape)}".encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        count += x.shape[0]
-    return count
+    def __init__(self, layers: Sequence[str]):
+        self.layers = list(layers)
+
+    def assign(self, layers: ModelLayers, mapping: dict) -> None:
+        position = {name: i for i, name in enumerate(layers.order)}
+        ends = [max((i for leaf, i in position.items()
+                     if leaf == name or leaf.startswith(name + ".")), default=-1)
+                for name in self.layers]
+        cut = min(ends)
+        for name in list(mapping):
+            if position.get(name, cut + 1) <= cut and is_weighted(layers.modules[name]):
+                del mapping[name]
 
 
 def collect_references(model: nn.Module, loader: DataLoader, composite: Composite | None,
@@ -184,9 +199,18 @@ def collect_references(model: nn.Module, loader: DataLoader, composite: Composit
                        target: None | int | str = None, concepts: Concepts = None,
                        output_relevance: str = "logit",
                        cache_dir: None | bool | str | Path = None,
-                       data_key: str | None = None, progress: bool | None = None
-                       ) -> References:
+                       store: None | str | Path = None, data_key: str | None = None,
+                       checkpoint_every: int = 10, overwrite: bool = False,
+                       progress: bool | None = None) -> References:
     """Reference samples of every concept of ``layers`` by relevance and by activation.
+
+    Runs in one process, or unchanged on every rank of an initialised
+    ``torch.distributed`` process group (e.g. under ``torchrun``): each rank takes
+    its share of the dataset's chunks and the top-``n`` lists are merged exactly
+    (ties broken by the lower dataset index), so the result is the same for any
+    number of processes.  Progress is checkpointed in a store (every
+    ``checkpoint_every`` batches); a run that was killed resumes where it stopped
+    and ends with the same result as an uninterrupted run.
 
     Parameters
     ----------
@@ -195,6 +219,7 @@ def collect_references(model: nn.Module, loader: DataLoader, composite: Composit
     loader
         A :class:`torch.utils.data.DataLoader` over the dataset, without shuffling
         (references are dataset indices); batches are inputs or ``(inputs, labels)``.
+        Its dataset, ``batch_size``, ``num_workers`` and ``collate_fn`` are used.
     composite
         The LRP rules.
     layers
@@ -211,106 +236,174 @@ def collect_references(model: nn.Module, loader: DataLoader, composite: Composit
     output_relevance
         As for :func:`lrp.explain`.
     cache_dir
-        Where results are stored and looked up: ``None`` for
-        :func:`default_cache_dir`, ``False`` for no cache.
+        Where stores are kept, one directory per key (``references-KEY``): ``None``
+        for :func:`default_cache_dir`, ``False`` for none (nothing is written and
+        nothing can be resumed).
+    store
+        A store directory of your choice instead (see :mod:`lrp.data.store`); a
+        store there written with other model weights, rules, settings or data is
+        refused (:class:`lrp.data.StoreMismatch`) unless ``overwrite``.
     data_key
         A string identifying the data.  By default the data are hashed (one pass
-        over the loader without the model); give a key (e.g. a path and version) to
-        skip that pass for large datasets.
+        over the loader without the model, shared by the ranks); give a key (e.g. a
+        path and version) to skip that pass for large datasets.
+    checkpoint_every
+        Batches per chunk of the store (used when the store is created).
+    overwrite
+        Replace a ``store`` written with other settings.
     progress
-        Show a progress bar over batches (``None``: in a terminal).
+        Show a progress bar with samples/s (``None``: in a terminal; rank 0 only).
 
     Returns
     -------
     References
+        The same on every rank.
     """
-    if not isinstance(loader, DataLoader):
+    source = Source.of(loader) if isinstance(loader, DataLoader) else None
+    if source is None:
         raise TypeError(f"loader must be a torch DataLoader, got {type(loader).__name__}")
-    if not isinstance(loader.sampler, SequentialSampler):
-        raise TypeError("the DataLoader must not shuffle (references are dataset indices): "
-                         "use shuffle=False and the default sampler")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     if not (target is None or target == "label" or (isinstance(target, int)
                                                     and not isinstance(target, bool))):
         raise ValueError(f"target must be None, 'label' or an int, got {target!r}")
+    checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
     layers = tuple(dict.fromkeys(layers))
     if not layers:
         raise ValueError("no layers given")
     check_layers(model, layers)
     composite = composite if composite is not None else Composite(name="GradientXInput")
+    group = Group.current()
     device = _device(model)
-    first, _ = split_batch(next(iter(loader)))
-    first = first[:1].to(device) if device is not None else first[:1]
+    first, _ = source.first()
+    first = first.to(device) if device is not None else first
     settings = {
         "layers": list(layers), "n": n, "target": target, "output_relevance": output_relevance,
         "concepts": {layer: concept_of(concepts, layer).key() for layer in layers},
         "rules": composite.tree(model, first), "attribution": composite.attribution,
-        "data_key": data_key,
+        "format": _FORMAT,
     }
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    _hash_model(model, h)
-    if data_key is None:
-        settings["samples"] = _hash_data(loader, h)
-    key = h.hexdigest()[:20]
-    path = None
-    if cache_dir is not False:
-        path = Path(cache_dir if cache_dir not in (None, True) else default_cache_dir()) \
-            / f"references-{key}.npz"
-        if path.is_file():
-            try:
-                return References.load(path)
-            except (OSError, ValueError, KeyError):
-                pass  # a damaged file is recomputed and replaced
+    key = make_key(settings, model, source, group, data_key=data_key, progress=progress)
+    chunk_size = checkpoint_every * source.batch_size
+    if store is None and cache_dir is not False:
+        base = Path(cache_dir if cache_dir not in (None, True) else default_cache_dir())
+        store = base / f"references-{key.value}"
+    if store is None:
+        layout: Store | Layout = Layout(len(source), chunk_size)
+    else:
+        layout = Store.prepare(store, "references", key, len(source), chunk_size, group,
+                               overwrite)
+        if layout.complete:
+            return References.load(layout.path)
 
     best: dict[str, dict[str, list[Tensor]]] = {m: {} for m in MODES}
-    seen = 0
-    chunks = len(loader) if hasattr(loader, "__len__") else 0
-    with tqdm(loader, desc="references", unit="batch",
-              disable=not show_progress(progress, chunks)) as bar:
-        for batch in bar:
-            x, y = split_batch(batch)
-            x = x.to(device) if device is not None else x
-            if target == "label" and y is None:
-                raise ValueError("target='label' needs batches of (inputs, labels)")
-            with capture(model, x, composite, layers, output_relevance=output_relevance,
-                         audit="warn" if seen == 0 else "off") as fw:
-                labels = y.to(fw.output.device) if target == "label" else target
-                t, seed = fw.targets(labels)
-                grads = fw.grads(seed, layers, retain=False)
-                index = torch.arange(seen, seen + x.shape[0])
-                for layer, g in zip(layers, grads):
-                    concept = concept_of(concepts, layer)
-                    shape = fw.shape(layer)
-                    scores = {"relevance": concept.relevance(fw.relevance(layer, g), shape),
-                              "activation": concept.activation(fw.activations[layer], shape)}
-                    for mode, s in scores.items():
-                        _merge(best[mode], layer, s.detach().float().cpu(), index,
-                               t.cpu() if t is not None else torch.full_like(index, -1), n)
-            seen += x.shape[0]
+    # chunks finished by an earlier run: their top-n lists, read by the ranks in turn
+    for chunk in shard(group.broadcast(layout.done() if group.rank == 0 else None),
+                       group.rank, group.world):
+        _absorb(best, _read_partial(layout, chunk, layers), n)  # type: ignore[arg-type]
+    partial: dict[str, dict[str, list[Tensor]]] = {m: {} for m in MODES}
+    started = [False]
+    above = Composite(*composite.primitives, _RulesAbove(layers), canonizers=composite.canonizers,
+                      attribution=composite.attribution, name=composite.name)
+
+    def process(writer, start: int, x: Tensor, y: Tensor | None) -> None:
+        x = x.to(device) if device is not None else x
+        if target == "label" and y is None:
+            raise ValueError("target='label' needs batches of (inputs, labels)")
+        audit = "warn" if group.rank == 0 and not started[0] else "off"
+        started[0] = True
+        with capture(model, x, above, layers, output_relevance=output_relevance,
+                     audit=audit) as fw:
+            labels = y.to(fw.output.device) if target == "label" else target
+            t, seed = fw.targets(labels)
+            grads = fw.grads(seed, layers, retain=False)
+            index = torch.arange(start, start + x.shape[0])
+            t = t.cpu() if t is not None else torch.full_like(index, -1)
+            for layer, g in zip(layers, grads):
+                concept = concept_of(concepts, layer)
+                shape = fw.shape(layer)
+                scores = {"relevance": concept.relevance(fw.relevance(layer, g), shape),
+                          "activation": concept.activation(fw.activations[layer], shape)}
+                for mode, s in scores.items():
+                    s = s.detach().cpu()
+                    c = s.shape[1]
+                    _merge(partial[mode], layer, s.T, index.expand(c, -1), t.expand(c, -1), n)
+
+    def finish(writer) -> None:
+        for mode in MODES:
+            for i, layer in enumerate(layers):
+                for part, name in zip(partial[mode][layer], ("values", "indices", "targets")):
+                    writer.save(f"{mode}.{i}.{name}", part.numpy())
+        _absorb(best, partial, n)
+        for mode in MODES:
+            partial[mode].clear()
+
+    computed = run_chunks(layout, source, group, process, finish=finish, progress=progress,
+                          desc="references")
+    # exact merge across ranks: every rank's top-n lists (the merge order does not matter)
+    states = group.all_gather({m: {k: [t.numpy() for t in v] for k, v in best[m].items()}
+                               for m in MODES})
+    best = {m: {} for m in MODES}
+    for state in states:
+        _absorb(best, {m: {k: [torch.from_numpy(a) for a in v] for k, v in state[m].items()}
+                       for m in MODES}, n)
     values, indices, targets = ({m: {} for m in MODES} for _ in range(3))
     for mode in MODES:
         for layer in layers:
             values[mode][layer], indices[mode][layer], targets[mode][layer] = best[mode][layer]
-    refs = References(layers, n, values, indices, targets, settings, key, path, False)
-    if path is not None:
-        refs.save(path)
+    path = layout.path / RESULT if isinstance(layout, Store) else None
+    refs = References(layers, n, values, indices, targets, settings, key.value, path, False,
+                      computed)
+    if isinstance(layout, Store):
+        error = None
+        if group.rank == 0:
+            try:
+                refs.save(layout.path / RESULT)
+                layout.finish()
+            except Exception as err:  # reported to every rank by check()
+                error = err
+        group.check(error, "writing the references")
     return refs
 
 
-def _merge(store: dict[str, list[Tensor]], layer: str, scores: Tensor, index: Tensor,
+def _read_partial(store: Store, chunk: int, layers: Sequence[str]
+                  ) -> dict[str, dict[str, list[Tensor]]]:
+    """The top-n lists of one chunk, as written by an earlier run."""
+    return {mode: {layer: [torch.from_numpy(np.array(store.read(chunk, f"{mode}.{i}.{name}")))
+                           for name in ("values", "indices", "targets")]
+                   for i, layer in enumerate(layers)} for mode in MODES}
+
+
+def _absorb(best: dict[str, dict[str, list[Tensor]]], other: dict[str, dict[str, list[Tensor]]],
+            n: int) -> None:
+    for mode, per_layer in other.items():
+        for layer, (v, i, t) in per_layer.items():
+            _merge(best[mode], layer, v, i, t, n)
+
+
+def _merge(state: dict[str, list[Tensor]], layer: str, values: Tensor, index: Tensor,
            target: Tensor, n: int) -> None:
-    """Keep the ``n`` highest ``scores`` ``(batch, n_concepts)`` per concept."""
-    c = scores.shape[1]
-    if layer not in store:
-        store[layer] = [torch.full((c, n), float("-inf")), torch.full((c, n), -1, dtype=torch.long),
-                        torch.full((c, n), -1, dtype=torch.long)]
-    old_v, old_i, old_t = store[layer]
-    v = torch.cat([old_v, scores.T], 1)
-    i = torch.cat([old_i, index.expand(c, -1)], 1)
-    t = torch.cat([old_t, target.expand(c, -1)], 1)
-    top_v, pos = v.topk(n, dim=1)
-    store[layer] = [top_v, i.gather(1, pos), t.gather(1, pos)]
+    """Merge candidates ``(n_concepts, m)`` into the top-``n`` lists of ``layer``.
+
+    Order: highest value first, ties by the lower dataset index, so that the result
+    depends only on the set of candidates, not on the order in which chunks, batches
+    or ranks deliver them.  Missing entries are ``(-inf, -1, -1)`` and come last.
+    """
+    if layer in state:
+        old_v, old_i, old_t = state[layer]
+        values = torch.cat([old_v, values.to(old_v.dtype)], 1)
+        index = torch.cat([old_i, index], 1)
+        target = torch.cat([old_t, target], 1)
+    else:
+        c = values.shape[0]
+        pad = max(0, n - values.shape[1])
+        values = torch.cat([values, values.new_full((c, pad), float("-inf"))], 1)
+        index = torch.cat([index, index.new_full((c, pad), -1)], 1)
+        target = torch.cat([target, target.new_full((c, pad), -1)], 1)
+    by_index = torch.where(index < 0, torch.iinfo(torch.long).max, index).argsort(dim=1, stable=True)
+    values, index, target = (a.gather(1, by_index) for a in (values, index, target))
+    order = values.argsort(dim=1, descending=True, stable=True)[:, :n]
+    state[layer] = [values.gather(1, order), index.gather(1, order), target.gather(1, order)]
 
 
 @dataclass
