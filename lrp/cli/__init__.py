@@ -14,6 +14,9 @@ Subcommands::
                 [--batch-size B] [--workers W] [--device DEV] [--class-means] [--concepts L:IDS]
     lrp crp collect DATA --model SPEC --layer NAME --store DIR [-n N] [--target T] ...
     lrp crp atlas IMAGE DATA --model SPEC --store DIR --layer NAME [--out PNG]
+    lrp text TEXT --model DIR [--composite attn-lrp|cp-lrp|gradient] [--target ID_OR_TOKEN]
+             [--contrast ID_OR_TOKEN] [--position N] [--merge-words] [--out DIR]
+             [--cmap NAME] [--font TTF]
 
 ``DATA`` is an image folder (one subfolder per class) or ``package.module:factory``
 returning a dataset (see :mod:`lrp.cli.datasets`); started by ``torchrun``, the
@@ -34,6 +37,11 @@ A model ``SPEC`` is one of
   only be explained with ``--composite gradient``,
 * ``package.module:factory``: imported (the current directory is searched too) and
   called without arguments; it must return an ``nn.Module``.
+
+``lrp text`` explains a text with a Hugging Face causal language model or sequence
+classifier saved with ``save_pretrained`` (model and tokenizer in ``DIR``; see
+:mod:`lrp.cli.text`): it prints the tokens coloured by relevance and writes
+``tokens.html`` and ``tokens.png``.
 
 Composite names are the presets of :mod:`lrp.composites` in any case, with or
 without dashes (``epsilon-gamma-box``, ``EpsilonGammaBox``, ...), and ``gradient``
@@ -63,7 +71,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import attribute_dataset, crp, demo, evaluate, heatmap, inspect
+from . import attribute_dataset, crp, demo, evaluate, heatmap, inspect, text
 from .common import (COMPOSITES, IMAGENET_MEAN, IMAGENET_STD, METHODS, CLIError,
                      Preprocessing, composite_name, load_model, make_composite)
 
@@ -72,7 +80,7 @@ __all__ = ["main", "build_parser", "CLIError", "COMPOSITES", "METHODS", "make_co
 
 #: The subcommand modules, in the order ``lrp --help`` lists them; each has
 #: ``register(subparsers)`` and ``run(args) -> int``.
-COMMANDS = (demo, heatmap, inspect, evaluate, attribute_dataset, crp)
+COMMANDS = (demo, heatmap, inspect, evaluate, attribute_dataset, crp, text)
 
 
 def build_parser() -> argparse.ArgumentParser:
