@@ -14,11 +14,21 @@ peers=(
     "zennit-crp==0.6.0"
     "captum>=0.7"
     "quantus==0.6.0"
+    "lxt==2.1"
 )
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/pip" install -q -e "$here/.." "${peers[@]}"
+# LXT 2.1 imports modules that transformers 5 removed and its ViT recipe needs zennit
+# >= 0.5 (compare.py pins 0.4.6): its own copies, put first on PYTHONPATH only by the
+# scripts that run LXT (lxt_compare.py, transformer_speed.py; see lxt_side.py).
+lxt_deps="$venv/lxt-deps"
+if [ ! -d "$lxt_deps/transformers" ]; then
+    "$venv/bin/pip" install -q --no-deps --target "$lxt_deps" "transformers==4.52.4" \
+        "tokenizers>=0.21,<0.22" "huggingface-hub>=0.30,<1.0" "zennit==0.5.1" \
+        requests urllib3 charset-normalizer certifi idna
+fi
 script="compare.py"
 if [ $# -gt 0 ] && [[ "$1" == *.py ]]; then
     script="$1"

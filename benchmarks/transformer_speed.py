@@ -1,0 +1,223 @@
+"""Speed and peak memory of AttnLRP / CP-LRP on transformers, relative to a plain
+input-gradient pass, against LXT 2.1's ratio on the same models and batch.
+
+    LRP_BENCH_VENV=/work/cmpvenv bash benchmarks/run.sh transformer_speed.py
+    bash benchmarks/run.sh transformer_speed.py [--models llama vit] [--repeats 5]
+        [--batch 8] [--length 128] [--no-lxt] [--no-memory] [--out benchmarks/RESULTS.md]
+
+Models (``transformer_models.speed_case``: random weights, float32, eval, parameters
+not requiring gradients as in LXT's examples): a LLaMA-shaped Hugging Face
+``LlamaForCausalLM`` (4 layers, hidden 256, 4 heads, MLP 688, vocabulary 1000) on
+``batch`` x ``length`` random tokens, explaining the predicted next token after the
+last position, and torchvision's ViT-B/16 on ``batch`` random 224x224 images,
+explaining the predicted class.
+
+Speed: each repeat times the plain gradient pass (forward + ``autograd.grad`` of the
+explained logits to the input embeddings / pixels) and the method back to back, after a
+warm-up; the table gives the method's median seconds and the median of the paired
+ratios (``benchmarks/speed.py``'s ``paired``), so load changes on the machine cancel.
+LXT runs in its own process (``lxt_side.py speed``) on transformers 4.52.4 with its own
+gradient baseline: the same model with its patches switched off, paired the same way.
+Memory: a fresh process per cell runs one call; the figure is its peak resident set
+during the call minus the resident set before it (model and input loaded).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import warnings
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+if __name__ == "__main__":
+    sys.path.insert(1, os.path.dirname(HERE))  # this checkout's lrp before an installed one
+
+import transformer_models as tm  # noqa: E402
+from lxt_compare import run_with_lxt_deps  # noqa: E402
+from results import write_section  # noqa: E402
+from speed import paired  # noqa: E402
+
+#: Our methods per model; LXT's recipes per model (its rule names, see lxt_side.py).
+OURS = {"llama": ["AttnLRP", "AttnLRP(epsilon=0)", "CPLRP(epsilon=0)"],
+        "vit": ["AttnLRP", "AttnLRP(epsilon=0)", "CPLRP(epsilon=0)", "CPLRP(epsilon=0, gamma=0.25)"]}
+LXT = {"llama": [("attnLRP", {"rule": "attnlrp"}), ("cp_LRP", {"rule": "cplrp"})],
+       "vit": [("cp_LRP", {"rule": "cplrp"}), ("cp_LRP + zennit Gamma 0.25", {"rule": "cplrp",
+                                                                          "gamma": 0.25})]}
+
+
+def composite(method: str):
+    from lrp.composites import CPLRP, AttnLRP
+    return {"AttnLRP": lambda: AttnLRP(),
+            "AttnLRP(epsilon=0)": lambda: AttnLRP(epsilon=0.0),
+            "CPLRP(epsilon=0)": lambda: CPLRP(epsilon=0.0),
+            "CPLRP(epsilon=0, gamma=0.25)": lambda: CPLRP(epsilon=0.0, gamma=0.25)}[method]()
+
+
+def gradient_pass(name: str, model: nn.Module, x: Tensor, target: Tensor) -> Callable[[], Tensor]:
+    """The plain input-gradient pass, as the explanation's input: token embeddings
+    (computed without a graph, as ``explain_tokens`` does) or pixels."""
+    def run():
+        if name == "vit":
+            xg = x.detach().requires_grad_(True)
+            chosen = model(xg).gather(1, target[:, None])
+        else:
+            with torch.no_grad():
+                embeds = model.get_input_embeddings()(x)
+            xg = embeds.requires_grad_(True)
+            chosen = tm.logits_of(model(inputs_embeds=xg))[:, -1].gather(1, target[:, None])
+        return torch.autograd.grad(chosen.sum(), xg)[0]
+    return run
+
+
+def method_pass(name: str, method: str, model: nn.Module, x: Tensor,
+                target: Tensor) -> Callable[[], Tensor]:
+    import lrp
+    from lrp.transformers import explain_tokens
+    c = composite(method)
+    if name == "vit":
+        return lambda: lrp.explain(model, x, c, target, audit="off").relevance
+    return lambda: explain_tokens(model, x, c, target=target, audit="off").relevance
+
+
+# ---------------------------------------------------------------------------- memory
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def memory_probe(name: str, method: str, batch: int, length: int) -> None:
+    """Subprocess entry: one call of ``method`` (or ``gradient``), its peak RSS increase."""
+    model, x, target = tm.speed_case(name, batch, length)
+    fn = gradient_pass(name, model, x, target) if method == "gradient" else \
+        method_pass(name, method, model, x, target)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_mb("VmRSS")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn()
+    print(json.dumps({"peak_mb": _status_mb("VmHWM") - before}))
+
+
+def _last_json(proc: subprocess.CompletedProcess) -> Optional[dict]:
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return None
+
+
+def measure_memory(name: str, method: str, batch: int, length: int) -> Optional[float]:
+    proc = subprocess.run([sys.executable, __file__, "--probe", name, method, str(batch),
+                           str(length)], capture_output=True, text=True)
+    result = _last_json(proc)
+    return None if result is None else result["peak_mb"]
+
+
+def lxt_spec(name: str, options: dict, batch: int, length: int, repeats: int) -> dict:
+    return dict(options, model=name, batch=batch, length=length, repeats=repeats)
+
+
+def lxt_speed(spec: dict) -> Tuple[Optional[dict], str]:
+    proc = run_with_lxt_deps([os.path.join(HERE, "lxt_side.py"), "speed", json.dumps(spec)])
+    result = _last_json(proc)
+    if proc.returncode or result is None:
+        return None, (proc.stderr.strip().splitlines() or ["?"])[-1][:100]
+    return result, ""
+
+
+def lxt_memory(spec: dict, method: str) -> Optional[float]:
+    proc = run_with_lxt_deps([os.path.join(HERE, "lxt_side.py"), "memory", json.dumps(spec), method])
+    result = _last_json(proc)
+    return None if result is None else result["peak_mb"]
+
+
+# ------------------------------------------------------------------------------ main
+
+def cells(seconds, ratio, memory, note="") -> List[str]:
+    return ["-" if seconds is None else f"{seconds:.3f}", "-" if ratio is None else f"{ratio:.2f}",
+            "-" if memory is None else f"{memory:.0f}", note]
+
+
+def run_model(name: str, args) -> List[str]:
+    label = {"llama": f"LLaMA-shaped (4 layers, hidden 256), batch {args.batch} x {args.length} tokens",
+             "vit": f"ViT-B/16, batch {args.batch}, 224x224"}[name]
+    lines = ["", f"### {label}", "",
+             "| tool | method | seconds | ratio to its gradient pass | peak memory (MiB) | note |",
+             "|---|---|---|---|---|---|"]
+    model, x, target = tm.speed_case(name, args.batch, args.length)
+    base = gradient_pass(name, model, x, target)
+    seconds, _ = paired(base, base, args.repeats)
+    memory = None if args.no_memory else measure_memory(name, "gradient", args.batch, args.length)
+    rows = [["lrp", "gradient"] + cells(seconds, 1.0, memory)]
+    print(f"{name} | " + " | ".join(rows[-1]), flush=True)
+    for method in OURS[name]:
+        fn = method_pass(name, method, model, x, target)
+        seconds, ratio = paired(base, fn, args.repeats)
+        memory = None if args.no_memory else measure_memory(name, method, args.batch, args.length)
+        rows.append(["lrp", method] + cells(seconds, ratio, memory))
+        print(f"{name} | " + " | ".join(rows[-1]), flush=True)
+    del model
+    if not args.no_lxt:
+        for i, (label, options) in enumerate(LXT[name]):
+            spec = lxt_spec(name, options, args.batch, args.length, args.repeats)
+            result, note = lxt_speed(spec)
+            memory = None if args.no_memory else lxt_memory(spec, "lxt")
+            if result is None:
+                rows.append(["LXT", label] + cells(None, None, memory, "error: " + note))
+            else:
+                if i == 0:
+                    base_memory = None if args.no_memory else lxt_memory(spec, "gradient")
+                    rows.append(["LXT", "gradient (patches off)"]
+                                + cells(result["base_seconds"], 1.0, base_memory))
+                    print(f"{name} | " + " | ".join(rows[-1]), flush=True)
+                rows.append(["LXT", label] + cells(result["seconds"], result["ratio"], memory))
+            print(f"{name} | " + " | ".join(rows[-1]), flush=True)
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["llama", "vit"], choices=["llama", "vit"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128, help="tokens per sequence (LLaMA)")
+    parser.add_argument("--no-lxt", action="store_true", help="skip LXT")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    parser.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    parser.add_argument("--probe", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        memory_probe(args.probe[0], args.probe[1], int(args.probe[2]), int(args.probe[3]))
+        return
+    import transformers
+
+    import lrp
+    proc = run_with_lxt_deps(["-c", "import transformers; print(transformers.__version__)"])
+    header = (f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
+              f"{torch.get_num_threads()} threads; lrp {lrp.__version__}, torch {torch.__version__}, "
+              f"transformers {transformers.__version__}; LXT 2.1 on transformers "
+              f"{proc.stdout.strip() or '?'}. Median of {args.repeats} paired "
+              "repeats after a warm-up.")
+    print(header, flush=True)
+    lines = [header]
+    for name in args.models:
+        lines += run_model(name, args)
+    write_section(args.out, "Transformers: speed and memory against LXT 2.1", lines)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
