@@ -60,12 +60,13 @@ def sample_shape(explanation: Explanation) -> tuple[int, ...]:
     return tuple(explanation.relevance.shape[lead:])
 
 
-def _labels(values: Any, size: int, what: str) -> tuple[str, ...]:
+def _labels(values: Any, size: int, what: str, where: str = "{size} entries"
+            ) -> tuple[str, ...]:
     if isinstance(values, str) or not isinstance(values, (Sequence, np.ndarray)):
         raise TypeError(f"{what} must be a sequence of names, got {values!r}")
     labels = tuple(str(v) for v in values)
     if len(labels) != size:
-        raise ValueError(f"got {len(labels)} {what} for {size} entries")
+        raise ValueError(f"got {len(labels)} {what} for {where.format(size=size)}")
     if len(set(labels)) != len(labels):
         duplicates = sorted({v for v in labels if labels.count(v) > 1})
         raise ValueError(f"{what} must be unique; repeated: {', '.join(duplicates)}")
@@ -113,7 +114,7 @@ def output_names(names: Any, classes: int) -> Optional[tuple[str, ...]]:
     """Check and normalize class names: ``None`` or one unique name per output."""
     if names is None:
         return None
-    return _labels(names, classes, "output names")
+    return _labels(names, classes, "output names", "a model with {size} outputs")
 
 
 def _pandas():

@@ -92,7 +92,7 @@ def test_named_checks_the_names(tabular):
     e = gradients.gradient(model, x)
     with pytest.raises(ValueError, match="got 3 input names for 4 entries"):
         e.named(["a", "b", "c"])
-    with pytest.raises(ValueError, match="got 2 output names for 3 entries"):
+    with pytest.raises(ValueError, match="got 2 output names for a model with 3 outputs"):
         e.named(output_names=["a", "b"])
     with pytest.raises(ValueError, match="unique; repeated: a"):
         e.named(["a", "a", "b", "c"])

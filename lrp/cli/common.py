@@ -40,7 +40,8 @@ _ALIASES = {"gradientxinput": "gradient", "gradient-x-input": "gradient"}
 
 #: Attribution methods of ``lrp heatmap --method``: ``lrp`` uses ``--composite``; the
 #: others are called as ``f(model, x, target)`` (references and baselines: zeros).
-METHODS = ("lrp", "deeplift", "gradient", "smoothgrad", "integrated-gradients")
+METHODS = ("lrp", "deeplift", "gradient", "smoothgrad", "integrated-gradients", "lime",
+           "kernel-shap")
 
 
 def run_method(method: str, model: nn.Module, x: Tensor, target: Optional[int]):
@@ -55,6 +56,12 @@ def run_method(method: str, model: nn.Module, x: Tensor, target: Optional[int]):
         return gradients.smoothgrad(model, x, target=target, n=32, seed=0)
     if method == "integrated-gradients":
         return gradients.integrated_gradients(model, x, target=target, steps=32)
+    if method == "lime":
+        from ..lime import lime
+        return lime(model, x, target=target, seed=0)
+    if method == "kernel-shap":
+        from ..kernel_shap import kernel_shap
+        return kernel_shap(model, x, target=target, seed=0)
     raise CLIError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -244,15 +251,43 @@ def scripted_check(loaded: LoadedModel, composite) -> None:
                        "model as torchvision:ARCH:WEIGHTS or package.module:factory")
 
 
+def read_class_names(spec: Optional[str]) -> Optional[Tuple[str, ...]]:
+    """``--class-names``: a text file with one name per line, or names separated by
+    commas; ``None`` for no names."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CLIError(f"cannot read class names from {spec}: {first_line(err)}") from None
+        names = [line.strip() for line in lines if line.strip()]
+    else:
+        names = [name.strip() for name in spec.split(",")]
+    if not names or not all(names):
+        raise CLIError(f"--class-names {spec!r}: give a file with one name per line or "
+                       "non-empty names separated by commas")
+    return tuple(names)
+
+
+def class_label(explanation, index: int) -> str:
+    """A class as printed: its index, and its name when the explanation has names."""
+    names = explanation.output_names
+    return f"{index} ({names[index]})" if names else str(index)
+
+
 def run_explanation(model: nn.Module, x: Tensor, composite, target: Optional[int], audit: str,
-             method: str = "lrp"):
+             method: str = "lrp", class_names: Optional[Sequence[str]] = None):
     from .. import explain
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if method != "lrp":
-                return run_method(method, model, x, target)
-            return explain(model, x, composite, target, audit=audit)
+                explanation = run_method(method, model, x, target)
+            else:
+                explanation = explain(model, x, composite, target, audit=audit)
+            return explanation.named(output_names=class_names)
     except ValueError as err:
         raise CLIError(first_line(err)) from None
     except RuntimeError as err:

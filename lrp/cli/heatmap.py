@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Dict
 
 from .common import (METHODS, CLIError, add_model_options, bounds_and_composite, check_cmap,
-                     check_images, composite_name, enlarge, load_model, open_image,
-                     preprocessing, run_explanation, scripted_check, unique_stem)
+                     check_images, class_label, composite_name, enlarge, load_model,
+                     open_image, preprocessing, read_class_names, run_explanation,
+                     scripted_check, unique_stem)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     composite_name(args.composite)
     if args.method not in METHODS:
         raise CLIError(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
+    class_names = read_class_names(args.class_names)
     loaded = load_model(args.model)
     prep = preprocessing(args, loaded)
     composite = bounds_and_composite(args, prep)
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     for path in tqdm(args.images, desc="explaining", unit="image", disable=None):
         x = prep(open_image(path))
         explanation = run_explanation(loaded.model, x, composite, args.target,
-                               "off" if loaded.scripted else "warn", args.method)
+                               "off" if loaded.scripted else "warn", args.method, class_names)
         if not warned and explanation.audit is not None and not explanation.audit.ok:
             tqdm.write(f"lrp: warning: {explanation.audit}", file=sys.stderr)
             warned = True
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         target = int(explanation.target[0])
         score = float(explanation.output[0, target])
         predicted = int(explanation.output[0].argmax())
-        tqdm.write(f"{path}: class {target} (logit {score:.3f}, predicted {predicted}) -> "
+        tqdm.write(f"{path}: class {class_label(explanation, target)} (logit {score:.3f}, "
+                   f"predicted {class_label(explanation, predicted)}) -> "
                    + ", ".join(str(f) for f in files))
     return 0
 
@@ -69,6 +72,9 @@ def register(sub) -> None:
                            "%(default)s, with --composite)")
     heat.add_argument("--target", type=int, default=None,
                       help="class to explain (default: the predicted class)")
+    heat.add_argument("--class-names", default=None, metavar="NAMES",
+                      help="names of the model's classes for the output: a text file with one "
+                           "name per line, or names separated by commas")
     heat.add_argument("--out", default="lrp-heatmaps", metavar="DIR",
                       help="output directory (default: %(default)s)")
     heat.add_argument("--cmap", default="bwr",
