@@ -122,7 +122,12 @@ class Features:
         out = per_element.gather(-1, flat)
         return out.reshape(values.shape[:-1] + self.mask.shape[1:])
 
+    def select(self, rows: slice) -> Features:
+        """The features of the samples ``rows``."""
+        return Features(self.mask[rows], self.counts[rows])
+
     def to(self, device: torch.device) -> Features:
+        """The features on ``device``."""
         return Features(self.mask.to(device), self.counts.to(device))
 
 

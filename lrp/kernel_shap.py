@@ -52,7 +52,8 @@ from torch import Tensor
 from .batching import Seed, make_generator, model_outputs, positive_int
 from .explanation import Explanation
 from .features import Features, FeaturesLike, check_counts, resolve
-from .surrogate import Background, Surrogate, coalition_outputs, fit, references
+from .surrogate import (Background, Fitted, Surrogate, coalition_outputs, fit, in_groups,
+                        references, solve_dtype)
 from .targets import Target, check_class_target, check_inputs, pick, resolve_target
 
 __all__ = ["kernel_shap", "shapley_coalitions", "shapley_kernel"]
@@ -224,18 +225,26 @@ def kernel_shap(model: Callable[[Tensor], Tensor], inputs: Tensor, *, target: Ta
     check_counts(feats, 1, "Kernel SHAP")
     refs = references(background, x)
 
-    z, w = _coalitions(feats.counts, n, generator, x.device)
-    y = coalition_outputs(model, x, feats, z, refs, t, batch_size, progress, "KernelSHAP")
-    base = model_outputs(model, refs, batch_size).to(y.dtype).mean(0, keepdim=True)
+    dtype = solve_dtype(x.device)
+    base = model_outputs(model, refs, batch_size).to(dtype).mean(0, keepdim=True)
     phi0 = pick(base.expand(x.shape[0], -1), t)
-    own = pick(output, t).to(y.dtype)
+    own = pick(output, t).to(dtype)
     phi0, own = (phi0[:, None], own[:, None]) if t.dim() == 1 else (phi0, own)
-    coef, intercept, score = fit(z, y, w, feats.active(), intercept=phi0, total=own - phi0)
+
+    def fit_group(rows: slice, desc: str) -> Fitted:
+        group = feats.select(rows)
+        z, w = _coalitions(group.counts, n, generator, x.device)
+        y = coalition_outputs(model, x[rows], group, z, refs, t[rows], batch_size, progress,
+                              desc)
+        return fit(z, y, w, group.active(), intercept=phi0[rows], total=own[rows] - phi0[rows])
+
+    coef, intercept, score = in_groups(fit_group, feats, min(n, 2 ** min(feats.width, 62)),
+                                       "KernelSHAP")
     if t.dim() == 1:
         coef, intercept, score = coef[:, 0], intercept[:, 0], score[:, 0]
     coef = coef.to(x.dtype)
     relevance = feats.spread(coef)
-    convergence = relevance.flatten(t.dim()).sum(-1).to(y.dtype) - (own - phi0).reshape(t.shape)
+    convergence = relevance.flatten(t.dim()).sum(-1).to(dtype) - (own - phi0).reshape(t.shape)
     surrogate = Surrogate(feats, coef, intercept.to(x.dtype), score.to(x.dtype))
     return Explanation(relevance, output, t, "KernelSHAP", convergence=convergence.to(x.dtype),
                        surrogate=surrogate)

@@ -41,8 +41,8 @@ from torch import Tensor
 from .batching import Seed, make_generator, model_outputs, positive_int
 from .explanation import Explanation
 from .features import Features, FeaturesLike, check_counts, resolve
-from .surrogate import (Background, Surrogate, coalition_outputs, fit, references,
-                        solve_symmetric)
+from .surrogate import (Background, Fitted, Surrogate, coalition_outputs, fit, in_groups,
+                        references, solve_symmetric)
 from .targets import Target, check_class_target, check_inputs, pick, resolve_target
 
 __all__ = ["DISTANCES", "SELECTIONS", "lime"]
@@ -222,27 +222,30 @@ def lime(model: Callable[[Tensor], Tensor], inputs: Tensor, *, target: Target = 
     check_counts(feats, 1, "LIME")
     refs = references(background, x)
 
-    z = draw_coalitions(feats.counts, n, generator, x.device)
-    y = coalition_outputs(model, x, feats, z[:, 1:], refs, t, batch_size, progress, "LIME")
-    own = pick(output, t).to(y.dtype)
-    y = torch.cat([(own[:, None] if t.dim() == 1 else own)[:, None], y], 1)
-    w = kernel(z, feats.counts, distance, width).to(device=x.device, dtype=y.dtype)
-    active = feats.active()
-
     how = selection
     if how == "auto":
         how = "forward" if n_features is not None and n_features <= 6 else "highest_weights"
-    if n_features is None or how == "none" or n_features >= feats.width:
-        coef, intercept, score = fit(z, y, w, active, alpha=alpha)
-    else:
+
+    def fit_group(rows: slice, desc: str) -> Fitted:
+        group, tg = feats.select(rows), t[rows]
+        z = draw_coalitions(group.counts, n, generator, x.device)
+        y = coalition_outputs(model, x[rows], group, z[:, 1:], refs, tg, batch_size, progress,
+                              desc)
+        own = pick(output[rows], tg).to(y.dtype)
+        y = torch.cat([(own[:, None] if tg.dim() == 1 else own)[:, None], y], 1)
+        w = kernel(z, group.counts, distance, width).to(device=x.device, dtype=y.dtype)
+        active = group.active()
+        if n_features is None or how == "none" or n_features >= group.width:
+            return fit(z, y, w, active, alpha=alpha)
         pick_features = _forward if how == "forward" else _highest_weights
-        chosen = pick_features(z, y, w, active, n_features, alpha)  # (batch, k, width)
-        batch, k = y.shape[0], y.shape[2]
+        chosen = pick_features(z, y, w, active, n_features, alpha)  # (g, k, width)
+        g, k = y.shape[0], y.shape[2]
         coef, intercept, score = fit(
-            z.repeat_interleave(k, 0), y.transpose(1, 2).reshape(batch * k, -1, 1),
-            w.repeat_interleave(k, 0), chosen.reshape(batch * k, -1), alpha=alpha)
-        coef, intercept, score = (coef.reshape(batch, k, -1), intercept.reshape(batch, k),
-                                  score.reshape(batch, k))
+            z.repeat_interleave(k, 0), y.transpose(1, 2).reshape(g * k, -1, 1),
+            w.repeat_interleave(k, 0), chosen.reshape(g * k, -1), alpha=alpha)
+        return coef.reshape(g, k, -1), intercept.reshape(g, k), score.reshape(g, k)
+
+    coef, intercept, score = in_groups(fit_group, feats, n, "LIME")
     if t.dim() == 1:
         coef, intercept, score = coef[:, 0], intercept[:, 0], score[:, 0]
     coef = coef.to(x.dtype)

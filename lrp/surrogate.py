@@ -15,12 +15,14 @@ weight them and how they constrain the fit (:mod:`lrp.lime`,
 * :func:`fit` -- the weighted least-squares fit, solved in torch (float64 except on
   devices without it), optionally with a ridge penalty and with the efficiency
   constraint of Kernel SHAP;
+* :func:`in_groups` -- the samples in groups, so that the coalition matrices and
+  the fit of one group stay within :data:`GROUP_ENTRIES` entries;
 * :class:`Surrogate` -- the fitted models, kept on the :class:`lrp.Explanation`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -29,9 +31,15 @@ from .attach import classifier_output, run_model
 from .batching import run_chunked
 from .features import Features
 
-__all__ = ["Surrogate", "coalition_outputs", "fit", "references", "solve_symmetric"]
+__all__ = ["GROUP_ENTRIES", "Surrogate", "coalition_outputs", "fit", "in_groups", "references",
+           "solve_symmetric"]
 
 Background = Union[None, float, Tensor]
+Fitted = Tuple[Tensor, Tensor, Tensor]
+
+#: Samples x coalitions x features handled at once (the coalition matrices and, in
+#: float64, the fit: 64 MiB); larger batches are explained in groups of samples.
+GROUP_ENTRIES = 1 << 23
 
 
 @dataclass
@@ -87,6 +95,27 @@ def references(background: Background, x: Tensor) -> Tensor:
     if not torch.isfinite(r).all():
         raise ValueError("background contains NaN or infinite values")
     return r
+
+
+def in_groups(fit_group: Callable[[slice, str], Fitted], features: Features, coalitions: int,
+              desc: str) -> Fitted:
+    """Run ``fit_group(rows, desc)`` on groups of samples and join the results.
+
+    A group holds at most ``GROUP_ENTRIES // (coalitions * width)`` samples (at least
+    one); ``fit_group`` returns coefficients ``(g, k, width_g)`` (padded here to the
+    batch's width), intercepts and scores ``(g, k)``.  Samples draw their coalitions in
+    turn, so the groups do not change the results.
+    """
+    batch, width = features.counts.shape[0], features.width
+    size = max(1, GROUP_ENTRIES // max(1, coalitions * width))
+    groups = [slice(a, min(batch, a + size)) for a in range(0, batch, size)]
+    parts = []
+    for i, rows in enumerate(groups):
+        coef, intercept, score = fit_group(rows, desc if len(groups) == 1 else
+                                           f"{desc} {i + 1}/{len(groups)}")
+        parts.append((torch.nn.functional.pad(coef, (0, width - coef.shape[-1])), intercept,
+                      score))
+    return tuple(torch.cat(p) for p in zip(*parts))  # type: ignore[return-value]
 
 
 def solve_dtype(device: torch.device) -> torch.dtype:

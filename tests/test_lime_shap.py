@@ -181,6 +181,26 @@ def test_seeded_runs_repeat_and_chunking_does_not_matter(method):
 
 
 @pytest.mark.parametrize("method", [lime, kernel_shap])
+def test_groups_of_samples_and_different_feature_counts(method, monkeypatch):
+    """Per-sample masks with 6, 3, 2, 6 and 1 features; explaining the samples in
+    groups of one (a tiny memory bound) gives the same values as all at once."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double().eval()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    mask = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 0, 1, 1, 2, 2], [4, 4, 4, 9, 9, 9],
+                         [5, 4, 3, 2, 1, 0], [7, 7, 7, 7, 7, 7]])
+    whole = method(model, x, features=mask, n_samples=40, seed=3)
+    assert whole.surrogate.features.counts.tolist() == [6, 3, 2, 6, 1]
+    assert whole.surrogate.coefficients.shape == (5, 6)
+    assert (whole.surrogate.coefficients[1, 3:] == 0).all()  # padding columns
+    monkeypatch.setattr("lrp.surrogate.GROUP_ENTRIES", 1)
+    grouped = method(model, x, features=mask, n_samples=40, seed=3)
+    torch.testing.assert_close(grouped.relevance, whole.relevance)
+    torch.testing.assert_close(grouped.surrogate.coefficients, whole.surrogate.coefficients)
+    torch.testing.assert_close(grouped.surrogate.intercept, whole.surrogate.intercept)
+
+
+@pytest.mark.parametrize("method", [lime, kernel_shap])
 def test_several_targets_equal_separate_runs(method):
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 4)).double().eval()
