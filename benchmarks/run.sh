@@ -13,6 +13,7 @@ peers=(
     "zennit==0.4.6"
     "zennit-crp==0.6.0"
     "captum>=0.7"
+    "scikit-learn>=1.0"  # lime_shap_compare.py: scikit-learn's digits
 )
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
