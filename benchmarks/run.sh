@@ -15,6 +15,7 @@ peers=(
     "captum>=0.7"
     "quantus==0.6.0"
     "lxt==2.1"
+    "scikit-learn>=1.0"  # lime_shap_compare.py: scikit-learn's digits
 )
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"

@@ -16,6 +16,9 @@ from PIL import Image
 import lrp
 from lrp import cli, demo, gradients
 from lrp.deeplift import deeplift
+from lrp.features import grid
+from lrp.kernel_shap import kernel_shap
+from lrp.lime import lime
 from lrp.canonizers import MergeBatchNorm
 from lrp.composites import EpsilonGammaBox
 
@@ -211,6 +214,25 @@ def test_cli_heatmap_on_a_png(runs):
         assert image.size[0] > 256 and image.size[1] > 256
 
 
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def test_cli_prints_class_names(tmp_path, capsys):
+    label = digit_png(tmp_path / "digit.png", index=4)
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(DIGIT_NAMES) + "\n")
+    for spec in (",".join(DIGIT_NAMES), str(names)):
+        assert cli.main(["heatmap", str(tmp_path / "digit.png"), "--model", "demo",
+                         "--class-names", spec, "--out", str(tmp_path / "out")]) == 0
+        out = capsys.readouterr().out
+        assert f"class {label} ({DIGIT_NAMES[label]}) (logit" in out
+        assert f"predicted {label} ({DIGIT_NAMES[label]})" in out
+    assert cli.main(["heatmap", str(tmp_path / "digit.png"), "--model", "demo",
+                     "--class-names", "zero,one", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == "lrp: error: got 2 output names for a model with 10 outputs\n"
+
+
 def test_cli_heatmap_with_another_method(runs):
     tmp, label, results = runs
     code, out, err = results["smoothgrad"]
@@ -225,6 +247,9 @@ LIBRARY_METHODS = {
     "gradient": lambda model, x: gradients.gradient(model, x),
     "smoothgrad": lambda model, x: gradients.smoothgrad(model, x, n=32, seed=0),
     "integrated-gradients": lambda model, x: gradients.integrated_gradients(model, x, steps=32),
+    "lime": lambda model, x: lime(model, x, features=grid(x, 8), n_samples=1000, seed=0),
+    "kernel-shap": lambda model, x: kernel_shap(model, x, features=grid(x, 8), n_samples=1000,
+                                                seed=0),
 }
 
 

@@ -13,7 +13,7 @@ from matplotlib.colors import to_rgba
 from torch import nn
 
 import lrp.plot as lplot
-from lrp import explain
+from lrp import Explanation, explain
 from lrp.composites import EpsilonPlus
 from lrp.plot import NEGATIVE, POSITIVE, plot, plot_global
 
@@ -228,9 +228,9 @@ def test_global_of_an_explanation_selects_the_target(mlp_explanation):
 
 # ------------------------------------------------------------------ errors
 @pytest.mark.parametrize("function", [plot, plot_global])
-def test_image_shaped_relevance_points_to_lrp_image(function):
+def test_volume_shaped_relevance_points_to_lrp_image(function):
     with pytest.raises(ValueError, match=r"lrp\.image"):
-        function(np.zeros((2, 3, 8, 8)))
+        function(np.zeros((2, 1, 4, 8, 8)))
     with pytest.raises(ValueError, match="several channels"):
         function(np.zeros((2, 3, 10)))
 
@@ -266,6 +266,110 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch, tabular):
 
 
 def test_importing_lrp_plot_does_not_import_matplotlib():
-    code = ("import sys, lrp.plot\n"
-            "assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'\n")
+    code = ("import sys, lrp, lrp.plot, lrp.lime, lrp.kernel_shap, lrp.features, lrp.frames\n"
+            "for name in ('matplotlib', 'plotly', 'pandas', 'skimage'):\n"
+            "    assert name not in sys.modules, name + ' imported eagerly'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(lplot.__file__).parents[1])
+
+
+# ------------------------------------------------------------------ names, plotly, images
+CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def test_names_of_an_explanation_label_the_plots(mlp_explanation):
+    model, x = mlp_explanation
+    names = ["price", "weight", "height", "width", "depth"]
+    explanation = explain(model, x, EpsilonPlus()).named(names, ["cat", "dog", "bird"])
+    ax = plot(explanation, sample=1, order="feature")
+    assert tick_names(ax) == names
+    assert f"class {['cat', 'dog', 'bird'][int(explanation.target[1])]}" in ax.get_title()
+    predicted = int(explanation.target[0])
+    ax = plot_global(explanation, target=predicted, order="feature")
+    assert tick_names(ax) == names
+    assert f"class {['cat', 'dog', 'bird'][predicted]}" in ax.get_title()
+
+
+def test_plotly_bars_hover_feature_value_and_class(mlp_explanation):
+    model, x = mlp_explanation
+    names = ["price", "weight", "height", "width", "depth"]
+    explanation = explain(model, x, EpsilonPlus()).named(names, ["cat", "dog", "bird"])
+    figure = plot(explanation, sample=2, order="value", backend="plotly")
+    (bars,) = figure.data
+    row = explanation.relevance[2].numpy()
+    order = np.argsort(-row, kind="stable")
+    np.testing.assert_allclose(bars.x, row[order])
+    label = f"class {['cat', 'dog', 'bird'][int(explanation.target[2])]}"
+    assert [list(c) for c in bars.customdata] == [[names[i], label] for i in order]
+    assert list(figure.layout.yaxis.ticktext) == [names[i] for i in order]
+    for part in ("feature: %{customdata[0]}", "relevance: %{x", "%{customdata[1]}"):
+        assert part in bars.hovertemplate
+    assert label in figure.layout.title.text
+    colors = [POSITIVE if v > 0 else NEGATIVE for v in row[order]]
+    assert list(bars.marker.color) == colors
+
+
+def test_plotly_boxes_are_the_feature_columns(tabular):
+    relevance, names = tabular
+    figure = plot_global(relevance, names, order="feature", backend="plotly",
+                         orientation="vertical")
+    assert [trace.type for trace in figure.data] == ["box"] * 7
+    for i, trace in enumerate(figure.data):
+        np.testing.assert_allclose(trace.y, relevance[:, i])
+        assert trace.name == names[i] and trace.customdata[0][0] == names[i]
+        assert "feature: %{customdata[0]}" in trace.hovertemplate
+
+
+def test_plot_global_of_images_is_the_mean_map_of_each_class():
+    rng = np.random.default_rng(0)
+    relevance = torch.from_numpy(rng.normal(size=(9, 2, 6, 5)))
+    target = torch.tensor([3, 1, 3, 3, 1, 7, 1, 3, 7])
+    explanation = Explanation(relevance, torch.zeros(9, 10), target, "Test").named(
+        output_names=CLASSES)
+    expected = {c: relevance[target == c].sum(1).mean(0).numpy() for c in (1, 3, 7)}
+    axes = plot_global(explanation)
+    assert len(axes) == 3
+    for ax, c in zip(axes, (1, 3, 7)):
+        np.testing.assert_allclose(ax.images[0].get_array(), expected[c])
+        assert ax.get_title() == f"class {CLASSES[c]} ({int((target == c).sum())} samples)"
+    scale = max(abs(m).max() for m in expected.values())
+    assert axes[0].images[0].get_clim() == (-scale, scale)  # one symmetric scale for all
+    bars = [a for a in axes[0].figure.axes if a.get_ylabel() == "relevance"]
+    assert len(bars) == 1  # one colour bar
+    ax = plot_global(explanation, target=7)
+    np.testing.assert_allclose(ax.images[0].get_array(), expected[7])
+    assert "class seven (2 samples)" in ax.get_title()
+
+    figure = plot_global(explanation, backend="plotly")
+    assert [t.type for t in figure.data] == ["heatmap"] * 3
+    for trace, c in zip(figure.data, (1, 3, 7)):
+        np.testing.assert_allclose(np.asarray(trace.z, dtype=float), expected[c])
+        assert trace.customdata[0][0] == f"class {CLASSES[c]}"
+        assert "relevance: %{z" in trace.hovertemplate and "row %{y}" in trace.hovertemplate
+    titles = [a.text for a in figure.layout.annotations]
+    assert titles == [f"class {CLASSES[c]} ({int((target == c).sum())} samples)"
+                      for c in (1, 3, 7)]
+    assert figure.layout.coloraxis.cmin == -scale and figure.layout.coloraxis.cmax == scale
+
+
+def test_plot_of_an_image_sample_is_its_channel_sum():
+    rng = np.random.default_rng(1)
+    relevance = rng.normal(size=(2, 3, 6, 5))
+    ax = plot(relevance, sample=1, title="mine")
+    np.testing.assert_allclose(ax.images[0].get_array(), relevance[1].sum(0))
+    assert ax.get_title() == "mine"
+    figure = plot(relevance, sample=1, backend="plotly")
+    np.testing.assert_allclose(np.asarray(figure.data[0].z, dtype=float), relevance[1].sum(0))
+
+
+def test_backend_errors_and_missing_plotly(monkeypatch, tabular):
+    relevance, _ = tabular
+    with pytest.raises(ValueError, match="backend"):
+        plot(relevance, backend="bokeh")
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="ax= is for the matplotlib backend"):
+        plot_global(relevance, ax=ax, backend="plotly")
+    monkeypatch.setitem(sys.modules, "plotly", None)
+    monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
+    for function in (plot, plot_global):
+        with pytest.raises(ImportError, match=r"pip install 'lrp\[interactive\]'"):
+            function(relevance, backend="plotly")

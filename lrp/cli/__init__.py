@@ -5,6 +5,7 @@ Subcommands::
     lrp demo [--model digits|fashion] [--out DIR] [--composite NAME] [-n N]
              [--no-label] [--no-colorbar]
     lrp heatmap IMAGE... --model SPEC [--method NAME] [--composite NAME] [--target INT] [--out DIR]
+                [--class-names NAMES]
                 [--size H W] [--mean M...] [--std S...] [--grayscale] [--cmap NAME]
                 [--low L] [--high H] [--overlay] [--clip-percentile P] [--no-canonize]
                 [--no-label] [--no-colorbar]
@@ -49,8 +50,11 @@ without dashes (``epsilon-gamma-box``, ``EpsilonGammaBox``, ...), and ``gradient
 into the preceding convolution (:class:`lrp.canonizers.MergeBatchNorm`).
 
 ``--method`` picks the attribution method: ``lrp`` (default, with ``--composite``),
-``deeplift`` (Rescale, zero reference), ``gradient``, ``smoothgrad`` (32 noisy copies)
-or ``integrated-gradients`` (32 steps, zero baseline).
+``deeplift`` (Rescale, zero reference), ``gradient``, ``smoothgrad`` (32 noisy copies),
+``integrated-gradients`` (32 steps, zero baseline), ``lime`` or ``kernel-shap``
+(1000 coalitions of an 8x8 grid of cells, absent cells zero, seed 0).
+``--class-names`` (a file with one name per line, or comma-separated names) labels
+the printed classes.
 
 Images other than for the shipped models are converted to RGB (or grayscale with
 ``--grayscale``), resized to ``--size`` (default 224x224) with a bilinear filter,

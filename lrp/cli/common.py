@@ -46,7 +46,8 @@ _ALIASES = {"gradientxinput": "gradient", "gradient-x-input": "gradient"}
 
 #: Attribution methods of ``lrp heatmap --method``: ``lrp`` uses ``--composite``; the
 #: others are called as ``f(model, x, target)`` (references and baselines: zeros).
-METHODS = ("lrp", "deeplift", "gradient", "smoothgrad", "integrated-gradients")
+METHODS = ("lrp", "deeplift", "gradient", "smoothgrad", "integrated-gradients", "lime",
+           "kernel-shap")
 #: The library method (a name of :data:`lrp.data.METHODS`) and options behind each
 #: ``--method`` other than ``lrp``.
 METHOD_CALLS = {
@@ -54,6 +55,8 @@ METHOD_CALLS = {
     "gradient": ("gradient", {}),
     "smoothgrad": ("smoothgrad", {"n": 32, "seed": 0}),
     "integrated-gradients": ("integrated_gradients", {"steps": 32}),
+    "lime": ("lime", {"seed": 0}),
+    "kernel-shap": ("kernel_shap", {"seed": 0}),
 }
 
 
@@ -314,6 +317,26 @@ def scripted_check(loaded: LoadedModel, composite) -> None:
         raise CLIError(f"{loaded.description}: TorchScript modules do not support the forward "
                        "hooks LRP rules attach with; use --composite gradient, or give the "
                        "model as torchvision:ARCH:WEIGHTS or package.module:factory")
+
+
+def read_class_names(spec: Optional[str]) -> Optional[Tuple[str, ...]]:
+    """``--class-names``: a text file with one name per line, or names separated by
+    commas; ``None`` for no names."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    if path.is_file():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CLIError(f"cannot read class names from {spec}: {first_line(err)}") from None
+        names = [line.strip() for line in lines if line.strip()]
+    else:
+        names = [name.strip() for name in spec.split(",")]
+    if not names or not all(names):
+        raise CLIError(f"--class-names {spec!r}: give a file with one name per line or "
+                       "non-empty names separated by commas")
+    return tuple(names)
 
 
 def run_explanation(model: nn.Module, x: Tensor, composite, target: Optional[int], audit: str,

@@ -8,8 +8,8 @@ from typing import Dict
 
 from .common import (METHODS, CLIError, add_figure_options, add_model_options, blank_notice,
                      bounds_and_composite, check_cmap, check_images, check_out, class_label,
-                     composite_name, figure, load_model, notice, preprocessing, scripted_check,
-                     unique_stem)
+                     composite_name, figure, load_model, notice, preprocessing, read_class_names,
+                     scripted_check, unique_stem)
 from .datasets import expand_images, explained_images
 
 
@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     if args.method not in METHODS:
         raise CLIError(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
     out = check_out(args.out)
+    class_names = read_class_names(args.class_names)
     loaded = load_model(args.model)
     if loaded.notice:
         notice(loaded.notice)
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.method == "deeplift" and loaded.scripted:
         raise CLIError(f"{loaded.description}: DeepLift needs module hooks, which TorchScript "
                        "modules do not have")
-    names = loaded.class_names
+    names = class_names if class_names is not None else loaded.class_names
     method = composite.name if args.method == "lrp" and composite is not None else (
         "gradient x input" if args.method == "lrp" else args.method)
     seen: Dict[str, int] = {}
@@ -82,6 +83,9 @@ def register(sub) -> None:
                            "%(default)s, with --composite)")
     heat.add_argument("--target", type=int, default=None,
                       help="class to explain (default: the predicted class)")
+    heat.add_argument("--class-names", default=None, metavar="NAMES",
+                      help="names of the model's classes for the output: a text file with one "
+                           "name per line, or names separated by commas")
     heat.add_argument("--out", default="lrp-heatmaps", metavar="DIR",
                       help="output directory (default: %(default)s)")
     heat.add_argument("--cmap", default="bwr",

@@ -27,9 +27,9 @@ from .store import Store
 
 #: Method names of :func:`attribute_dataset` besides an LRP composite.
 METHODS = ("gradient", "gradient_x_input", "smoothgrad", "integrated_gradients",
-           "expected_gradients", "occlusion", "deeplift", "deeplift_shap")
+           "expected_gradients", "occlusion", "deeplift", "deeplift_shap", "lime", "kernel_shap")
 #: Methods that draw random numbers: their ``seed`` (default 0) is offset per batch.
-RANDOM = ("smoothgrad", "expected_gradients")
+RANDOM = ("smoothgrad", "expected_gradients", "lime", "kernel_shap")
 #: Methods whose function takes ``audit`` (warnings on the first batch only).
 _AUDITED = ("lrp", "crp", "deeplift", "deeplift_shap")
 _FORMAT = 1
@@ -42,6 +42,12 @@ def method_function(name: str) -> Callable[..., Explanation]:
     from .. import deeplift, gradients
     if name in ("deeplift", "deeplift_shap"):
         return getattr(deeplift, name)
+    if name == "lime":
+        from ..lime import lime
+        return lime
+    if name == "kernel_shap":
+        from ..kernel_shap import kernel_shap
+        return kernel_shap
     return getattr(gradients, name)
 
 
