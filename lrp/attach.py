@@ -48,18 +48,64 @@ def shapes_of(inputs) -> str:
     return str(shapes[0] if len(shapes) == 1 else shapes)
 
 
-def run_model(model: nn.Module, inputs, shown=None):
-    """``model(inputs)`` (a tuple is unpacked); a failing forward becomes a ValueError
+class _Input:
+    """Marks the keyword argument that receives the explained inputs."""
+
+    def __repr__(self) -> str:
+        return "lrp.INPUT"
+
+
+#: A ``model_kwargs`` value standing for the explained inputs: ``model_kwargs=
+#: {"inputs_embeds": INPUT}`` calls ``model(inputs_embeds=inputs)``.
+INPUT = _Input()
+
+
+def run_model(model: nn.Module, inputs, shown=None, kwargs: Optional[dict] = None):
+    """``model(inputs, **kwargs)`` (a tuple is unpacked; a keyword whose value is
+    :data:`INPUT` receives ``inputs`` instead); a failing forward becomes a ValueError
     naming the input shapes (those of ``shown`` if given: the batch a probe's first
     sample was cut from, which is what the caller passed)."""
+    kwargs = kwargs or {}
     args = inputs if isinstance(inputs, tuple) else (inputs,)
+    if any(v is INPUT for v in kwargs.values()):
+        kwargs = {k: inputs if v is INPUT else v for k, v in kwargs.items()}
+        args = ()
     try:
-        return model(*args)
+        return model(*args, **kwargs)
     except RuntimeError as err:
         what = shapes_of(inputs if shown is None else shown)
         if shown is not None:
             what += f" (run on its first sample, {shapes_of(inputs)})"
         raise ValueError(f"the model's forward failed on inputs of shape {what}: {err}") from err
+
+
+def select_output(output, selector=None):
+    """The tensor to explain from a model's output.
+
+    ``selector``: ``None`` -- a tensor as it is, the ``logits`` of a dict or of a
+    Hugging Face ``ModelOutput``, the first element of a tuple or list; a string -- that
+    key or attribute; a callable -- ``selector(output)``.
+    """
+    if callable(selector):
+        return selector(output)
+    if isinstance(selector, str):
+        if isinstance(output, dict) and selector in output:
+            return output[selector]
+        if hasattr(output, selector):
+            return getattr(output, selector)
+        raise ValueError(f"the model's output has no {selector!r} "
+                         f"(it is a {type(output).__name__})")
+    if selector is not None:
+        raise TypeError(f"output must be None, a key or a callable, got {selector!r}")
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, dict) or hasattr(output, "logits"):
+        logits = output.get("logits") if isinstance(output, dict) else output.logits
+        if logits is not None:
+            return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    return output
 
 
 def classifier_output(output) -> Tensor:

@@ -289,7 +289,7 @@ def _composed(first: nn.Module, second: nn.Module):
 # --------------------------------------------------------------------------- several
 
 def canonize(model: nn.Module, canonizers: Sequence[Canonizer],
-             example_input=None) -> Substitution:
+             example_input=None, model_kwargs: Optional[dict] = None) -> Substitution:
     """The combined substitution of ``canonizers`` (applied in order, later ones
     winning on conflicts) for ``model``.
 
@@ -303,6 +303,8 @@ def canonize(model: nn.Module, canonizers: Sequence[Canonizer],
         An input batch, needed by canonizers that read the model's structure
         (:class:`MergeBatchNorm`); a probe forward of its first sample runs once per
         model structure and input signature.
+    model_kwargs
+        Keyword arguments the model is called with.
     """
     for canonizer in canonizers:
         if not isinstance(canonizer, Canonizer):
@@ -311,7 +313,7 @@ def canonize(model: nn.Module, canonizers: Sequence[Canonizer],
     if any(c.needs_graph for c in canonizers):
         if example_input is None:
             raise ValueError("canonizers need an example input to find the model's structure")
-        graph = probe(model, example_input)
+        graph = probe(model, example_input, model_kwargs)
     total = Substitution()
     for canonizer in canonizers:
         total.update(canonizer.substitute(model, graph))

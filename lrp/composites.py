@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import (Dict, Iterator, List, Mapping, Optional, Sequence,
+from typing import (Callable, Dict, Iterator, List, Mapping, Optional, Sequence,
                     Tuple, Type, Union)
 
 import torch
@@ -26,11 +26,12 @@ from torch import nn
 from . import rules as R
 from .attach import bind_rules, check_model
 from .canonizers import Canonizer, canonize
-from .ops import OpTable
+from .ops import ACTIVATION_MODULES, OpTable, is_activation_module
 from .probe import execution_order
 from .scope import Scope, Substitution
 
-TypeSpec = Union[Type[nn.Module], Tuple[Type[nn.Module], ...]]
+#: A module class, a tuple of them, or a predicate ``f(module) -> bool``.
+TypeSpec = Union[Type[nn.Module], Tuple[Type[nn.Module], ...], Callable[[nn.Module], bool]]
 TypeRules = Union[Mapping[TypeSpec, R.Rule], Sequence[Tuple[TypeSpec, R.Rule]]]
 
 #: Layer groups usable as keys of type maps.
@@ -41,9 +42,10 @@ Linear = Convolution + Dense
 AvgPooling = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
               nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 BatchNorm = (nn.modules.batchnorm._BatchNorm,)
-#: Element-wise activations other than ReLU; they get the identity rule (Pass).
-Activation = (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softplus, nn.ELU, nn.LeakyReLU,
-              nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.CELU, nn.SELU, nn.Hardtanh)
+#: Element-wise activations other than ReLU; they get the identity rule (Pass).  The
+#: predicate :func:`lrp.ops.is_activation_module` also matches Hugging Face's
+#: activation classes.
+Activation = ACTIVATION_MODULES
 
 Dropout = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
@@ -62,16 +64,32 @@ def _type_rules(mapping: TypeRules) -> List[Tuple[TypeSpec, R.Rule]]:
         if not isinstance(rule, R.Rule):
             raise TypeError(f"type map values must be rules, got {rule!r}")
         for t in (types if isinstance(types, tuple) else (types,)):
-            if not (isinstance(t, type) and issubclass(t, nn.Module)):
-                raise TypeError(f"type map keys must be module classes, got {t!r}")
+            if not (isinstance(t, type) and issubclass(t, nn.Module)) and (
+                    isinstance(t, type) or not callable(t)):
+                raise TypeError(f"type map keys must be module classes or predicates, got {t!r}")
     return items
+
+
+def _matches(module: nn.Module, types: TypeSpec) -> bool:
+    if isinstance(types, tuple):
+        return any(_matches(module, t) for t in types)
+    if isinstance(types, type):
+        return isinstance(module, types)
+    return bool(types(module))
 
 
 def _match(module: nn.Module, items: List[Tuple[TypeSpec, R.Rule]]) -> Optional[R.Rule]:
     for types, rule in items:
-        if isinstance(module, types):
+        if _matches(module, types):
             return rule
     return None
+
+
+def is_dense(module: nn.Module) -> bool:
+    """``nn.Linear`` or Hugging Face's GPT-2 ``Conv1D`` (a linear layer with a
+    transposed weight; matched by module path, ``transformers`` is not imported)."""
+    return isinstance(module, nn.Linear) or (
+        type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers"))
 
 
 class Primitive:
@@ -368,7 +386,8 @@ class Composite:
                                  f"{type(module).__name__} {name!r}")
         return mapping
 
-    def bind(self, model: nn.Module, example_input=None) -> "Attachment":
+    def bind(self, model: nn.Module, example_input=None,
+             model_kwargs: Optional[dict] = None) -> "Attachment":
         """Resolve the composite for ``model``: canonizer substitutions, module rules
         with their prepared parameters and op rules, ready to be made active as a
         :class:`lrp.scope.Scope` (``with attachment.scope: ...``).  The model is
@@ -381,9 +400,11 @@ class Composite:
         example_input
             An input batch (tensor or tuple of tensors); needed when the composite
             has positional primitives or canonizers that read the model's structure.
+        model_kwargs
+            Keyword arguments the model is called with (e.g. an attention mask).
         """
         attachment = Attachment(self, model)
-        attachment.resolve(example_input)
+        attachment.resolve(example_input, model_kwargs=model_kwargs)
         return attachment
 
     @contextlib.contextmanager
@@ -486,7 +507,8 @@ class Attachment:
         self.substitution = Substitution()
         self.scope = Scope(model)
 
-    def resolve(self, example_input, allow_registration_order: bool = False) -> None:
+    def resolve(self, example_input, allow_registration_order: bool = False,
+                model_kwargs: Optional[dict] = None) -> None:
         """Find the structure (if needed), resolve the rules and fill the scope."""
         composite = self.composite
         order = None
@@ -499,8 +521,9 @@ class Attachment:
             self.substitution = canonize(self.model, graph_canonizers)
         else:
             if composite.positional:
-                order = execution_order(self.model, example_input)
-            self.substitution = canonize(self.model, composite.canonizers, example_input)
+                order = execution_order(self.model, example_input, model_kwargs)
+            self.substitution = canonize(self.model, composite.canonizers, example_input,
+                                         model_kwargs)
         self.order = order
         self.mapping = composite.resolve(self.model, order, self.substitution)
         modules = dict(self.model.named_modules())
@@ -531,17 +554,18 @@ def default_ops() -> OpMap:
     from . import ops
     return OpMap({"activation": ops.Identity(), "product": ops.Gate(), "matmul": ops.Uniform(),
                   "softmax": ops.Gradient(), "normalization": ops.Normalizer(),
-                  "statistic": ops.Constant()})
+                  "statistic": ops.Constant(),
+                  "attention": ops.Attention(ops.Gradient(), ops.Uniform())})
 
 
 def _base(epsilon: float, conv_rule: R.Rule) -> Tuple[GlobalTypeMap, OpMap]:
     from .canonizers import LayerNormAffine, LayerNormalization
     return (GlobalTypeMap([
         (Convolution, conv_rule),
-        (Dense, R.Epsilon(epsilon)),
+        (is_dense, R.Epsilon(epsilon)),
         (AvgPooling, R.Norm()),
         (BatchNorm, R.Pass()),
-        (Activation, R.Pass()),
+        (is_activation_module, R.Pass()),
         (R.NORMALIZATION_LAYERS + (LayerNormalization,), R.LayerNormRule()),
         (LayerNormAffine, R.Epsilon(epsilon)),
     ]), default_ops())
@@ -592,6 +616,76 @@ def EpsilonAlpha2Beta1Flat(*, epsilon: float = 1e-6,
                      canonizers=canonizers, name="EpsilonAlpha2Beta1Flat")
 
 
+def _transformer(name: str, softmax, product, epsilon: float, gamma: Optional[float],
+                 canonizers: Optional[Sequence[Canonizer]]) -> Composite:
+    from . import ops
+    from .canonizers import LayerNormAffine, LayerNormalization
+    if gamma is not None:
+        linear_rule: Optional[R.Rule] = R.Gamma(gamma, epsilon=max(epsilon, 1e-6))
+    else:
+        linear_rule = R.Epsilon(epsilon) if epsilon > 0 else None
+    types: List[Tuple[TypeSpec, R.Rule]] = [
+        (is_activation_module, R.Pass()),
+        (R.NORMALIZATION_LAYERS + (LayerNormalization,), R.LayerNormRule()),
+    ]
+    if linear_rule is not None:
+        types += [((is_dense,) + Convolution, linear_rule), (LayerNormAffine, linear_rule)]
+    matmul = ops.Uniform()
+    return Composite(GlobalTypeMap(types),
+                     OpMap({"activation": ops.Identity(), "product": product, "matmul": matmul,
+                            "softmax": softmax, "normalization": ops.Normalizer(),
+                            "statistic": ops.Constant(),
+                            "attention": ops.Attention(softmax, matmul)}),
+                     canonizers=canonizers, name=name)
+
+
+def AttnLRP(*, epsilon: float = 1e-6, gamma: Optional[float] = None,
+            canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
+    """AttnLRP (Achtibat et al., ICML 2024) for transformers, on any model.
+
+    * element-wise activations (GELU, SiLU, Hugging Face's ``NewGELUActivation``, ...,
+      modules or functions): the identity rule;
+    * products and matrix products of two activations (``q k^T``, ``A v``, the gated
+      MLP's ``act(gate) * up``): the uniform rule, each operand gets half;
+    * softmax: its own gradient, which is AttnLRP's softmax rule in ratio form;
+    * LayerNorm / RMSNorm (modules or written with ``rsqrt``): the statistic is a
+      constant;
+    * attention kernels (``F.scaled_dot_product_attention``,
+      ``nn.MultiheadAttention``): the above, through the fused kernel;
+    * linear layers (``nn.Linear``, GPT-2's ``Conv1D``, convolutions such as a ViT's
+      patch embedding): LRP-epsilon, or LRP-gamma with ``gamma`` (for ViTs).
+
+    Parameters
+    ----------
+    epsilon
+        Stabilizer of the linear layers' rule; ``0`` leaves them with their plain
+        gradient (LRP-0), which is what LXT's efficient implementation computes.
+    gamma
+        LRP-gamma with this parameter on linear layers instead of epsilon.
+    canonizers
+        Canonizers (e.g. ``[MergeBatchNorm()]`` for hybrid models).
+    """
+    from . import ops
+    return _transformer("AttnLRP", ops.Gradient(), ops.Uniform(), epsilon, gamma, canonizers)
+
+
+def CPLRP(*, epsilon: float = 1e-6, gamma: Optional[float] = None,
+          canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
+    """CP-LRP (Ali et al., ICML 2022, "XAI for Transformers: better explanations
+    through conservative propagation"): as :func:`AttnLRP`, but attention weights and
+    gates are constants -- no relevance flows through the softmax (so ``q`` and ``k``
+    receive none) or through a gate (the activation branch of a gated MLP, a
+    squeeze-excitation scale).  On bias-free models it conserves relevance exactly.
+
+    Parameters
+    ----------
+    epsilon, gamma, canonizers
+        As for :func:`AttnLRP`.
+    """
+    from . import ops
+    return _transformer("CPLRP", ops.Constant(), ops.Gate(), epsilon, gamma, canonizers)
+
+
 def ExcitationBackprop(*, canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
     """Excitation backprop (Zhang et al. 2016): ZPlus on every convolution and dense
     layer, Norm on average pooling."""
@@ -613,6 +707,7 @@ __all__ = [
     "LastLayerMap", "GlobalTypeMap", "RangeTypeMap", "FirstLayerTypeMap",
     "LastLayerTypeMap", "FirstNTypeMap", "EpsilonGammaBox", "EpsilonPlus",
     "EpsilonAlpha2Beta1", "EpsilonPlusFlat", "EpsilonAlpha2Beta1Flat",
-    "ExcitationBackprop", "GuidedBackprop", "OpMap", "default_ops", "Convolution", "Dense", "Linear",
+    "ExcitationBackprop", "GuidedBackprop", "AttnLRP", "CPLRP", "OpMap", "default_ops",
+    "is_dense", "Convolution", "Dense", "Linear",
     "AvgPooling", "BatchNorm", "Activation", "Dropout",
 ]

@@ -1,12 +1,12 @@
 """The entry point of LRP: :func:`explain`."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from .attach import check_model, classifier_output, run_model
+from .attach import check_model, classifier_output, run_model, select_output
 from .audit import AuditReport, Auditor, handle_report
 from .composites import Attachment, Composite
 from .core import Trace, mark_rectified, tracing
@@ -18,14 +18,15 @@ _SOFTMAX_LIKE = (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)
 
 
 def bind(composite: Composite, model: nn.Module, x, *, strip_softmax: bool = False,
-         audit: str = "off") -> Tuple[Attachment, Optional[Auditor]]:
+         audit: str = "off", model_kwargs: Optional[dict] = None
+         ) -> Tuple[Attachment, Optional[Auditor]]:
     """Check the model, bind ``composite`` to it for the input ``x`` and add what every
     method's forward needs: the final softmax stripped if asked for, and an auditor
     stamping the graph when ``audit`` is on."""
     check_model(model)
-    attachment = composite.bind(model, x)
+    attachment = composite.bind(model, x, model_kwargs)
     if strip_softmax:
-        last = final_softmax(model, x)
+        last = final_softmax(model, x, model_kwargs)
         if last is not None:
             attachment.substitution.identity.add(last)
     auditor = None
@@ -35,9 +36,10 @@ def bind(composite: Composite, model: nn.Module, x, *, strip_softmax: bool = Fal
     return attachment, auditor
 
 
-def final_softmax(model: nn.Module, x) -> Optional[nn.Module]:
+def final_softmax(model: nn.Module, x, model_kwargs: Optional[dict] = None
+                  ) -> Optional[nn.Module]:
     """The model's last executed module if it is a softmax / log-softmax / sigmoid."""
-    order = execution_order(model, x)
+    order = execution_order(model, x, model_kwargs)
     last = dict(model.named_modules()).get(order[-1]) if order else None
     return last if isinstance(last, _SOFTMAX_LIKE) else None
 
@@ -72,6 +74,8 @@ def explain(
     audit: str = "warn",
     record: Sequence[str] = (),
     layer_sums: bool = False,
+    model_kwargs: Optional[dict] = None,
+    output: Union[None, str, Callable] = None,
 ) -> Explanation:
     """Explain ``model(inputs)`` with a composite of LRP rules.
 
@@ -104,6 +108,17 @@ def explain(
         ``Explanation.layer_relevance`` (modules must have a rule).
     layer_sums
         Also return the per-sample relevance sum at every ruled layer's output.
+    model_kwargs
+        Keyword arguments for the model (``model(inputs, **model_kwargs)``), e.g. an
+        attention mask; tensors with the batch as first dimension are sliced with it.
+        A value :data:`lrp.attach.INPUT` passes the inputs as that keyword instead
+        (``{"inputs_embeds": INPUT}``).
+    output
+        What to explain of the model's output: ``None`` takes a tensor as it is, the
+        ``logits`` of a dict or Hugging Face ``ModelOutput``, and the first element
+        of a tuple; a string names a key / attribute; a callable selects, e.g.
+        ``lambda out: out.logits[:, -1]`` (the last position of a language model).
+        The selected tensor must be ``(batch, classes)``.
 
     Returns
     -------
@@ -115,6 +130,7 @@ def explain(
     if audit not in ("warn", "strict", "off"):
         raise ValueError("audit must be 'warn', 'strict' or 'off'")
     composite = composite if composite is not None else Composite(name="GradientXInput")
+    selector, output = output, None
     x = inputs.detach().clone().requires_grad_(True)
     records: Dict[str, List[Tensor]] = {}
     trace = Trace(inputs=[x])
@@ -129,12 +145,14 @@ def explain(
             return None
         trace.record = recorder
 
-    attachment, auditor = bind(composite, model, x, strip_softmax=strip_softmax, audit=audit)
+    attachment, auditor = bind(composite, model, x, strip_softmax=strip_softmax, audit=audit,
+                               model_kwargs=model_kwargs)
     missing = wanted - set(attachment.mapping or {})
     if missing:
         raise ValueError(f"cannot record {sorted(missing)}: no rule is attached there")
     with attachment.scope, torch.enable_grad(), tracing(trace):
-        output = classifier_output(run_model(model, x))
+        output = classifier_output(select_output(run_model(model, x, kwargs=model_kwargs),
+                                                 selector))
     report = _finish_forward(output, trace, auditor, attachment, audit)
     t = resolve_target(target, output)
     seeds = output_seeds(output, target, t, output_relevance == "normalized")

@@ -39,6 +39,10 @@ class Explanation:
         error of that property: ``sum(relevance) - (f(x) - f(x_ref))`` for DeepLift,
         the completeness error for Integrated Gradients and Expected Gradients;
         ``None`` otherwise.
+    tokens
+        Per-token relevance ``(batch, tokens)`` (or ``(batch, k, tokens)``) for
+        explanations of token sequences (:func:`lrp.transformers.explain_tokens`):
+        ``relevance`` summed over the embedding dimension.
     """
 
     relevance: Tensor
@@ -49,6 +53,7 @@ class Explanation:
     layer_sums: Dict[str, Tensor] = field(default_factory=dict)
     audit: Optional[AuditReport] = None
     convergence: Optional[Tensor] = None
+    tokens: Optional[Tensor] = None
 
     def conservation(self) -> Tensor:
         """Per-sample (and per-target) sum of the input relevance."""

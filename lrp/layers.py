@@ -80,9 +80,28 @@ def register_layer(layer_type: Type[nn.Module], forward: LayerForward) -> None:
     WEIGHTED_LAYERS = tuple(_REGISTRY)
 
 
+def _conv1d(module: nn.Module, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """Hugging Face's GPT-2 ``Conv1D``: a linear layer whose weight is ``(in, out)``."""
+    out = x @ weight
+    return out if bias is None else out + bias
+
+
+def _known(module: nn.Module) -> bool:
+    """Register layer types that live in optional packages when first seen (matched by
+    class name and module path, so the package is never imported here)."""
+    kind = type(module)
+    if kind in _REGISTRY:
+        return True
+    if kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers"):
+        register_layer(kind, _conv1d)
+        return True
+    return False
+
+
 def is_weighted(module: nn.Module) -> bool:
-    """Whether ``module`` is a registered weighted layer (Linear, Conv, ...)."""
-    return isinstance(module, tuple(_REGISTRY))
+    """Whether ``module`` is a registered weighted layer (Linear, Conv, GPT-2's Conv1D,
+    ...)."""
+    return isinstance(module, tuple(_REGISTRY)) or _known(module)
 
 
 def layer_forward(module: nn.Module, x: Tensor, weight: Optional[Tensor] = None,
@@ -92,6 +111,7 @@ def layer_forward(module: nn.Module, x: Tensor, weight: Optional[Tensor] = None,
     For modules without registered weights (pooling, ...) ``weight`` must be
     ``None`` and the module's own ``forward`` runs (hooks do not fire).
     """
+    _known(module)
     for layer_type in type(module).__mro__:
         fn = _REGISTRY.get(layer_type)  # type: ignore[arg-type]
         if fn is not None:

@@ -35,6 +35,7 @@ non-linear ones.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -76,13 +77,44 @@ STATISTICS = _functions("rsqrt", "sqrt", "var", "std", "var_mean", "std_mean", "
                         "rsqrt_", "sqrt_") + [torch.linalg.vector_norm, torch.linalg.norm]
 MAX_POOLS = [F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
              F.adaptive_max_pool2d, F.adaptive_max_pool3d]
+ATTENTION = [F.scaled_dot_product_attention, F.multi_head_attention_forward]
+
+#: Element-wise activation modules (they get the identity rule in the presets).
+ACTIVATION_MODULES = (nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softplus, nn.ELU, nn.LeakyReLU,
+                      nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.CELU, nn.SELU, nn.Hardtanh)
+
+
+def is_activation_module(module: nn.Module) -> bool:
+    """Whether ``module`` is an element-wise activation: a torch activation module
+    or one of Hugging Face's activation classes (``transformers.activations``:
+    ``NewGELUActivation``, ``SiLUActivation``, ... -- matched by module path, so
+    ``transformers`` is never imported here)."""
+    return isinstance(module, ACTIVATION_MODULES) or (
+        type(module).__module__ == "transformers.activations"
+        and type(module).__name__ != "LinearActivation")
+
+
+_ACTIVATION_MARK = "lrp_activation"
+
+
+def mark_activation(t: Tensor) -> Tensor:
+    """Note on ``t``'s autograd node that it is an activation's output (gates)."""
+    if isinstance(t, Tensor) and t.grad_fn is not None:
+        t.grad_fn.metadata[_ACTIVATION_MARK] = True
+    return t
+
+
+def is_activation_output(t: Tensor) -> bool:
+    """Whether ``t`` was produced by an element-wise activation (see :func:`mark_activation`)."""
+    return isinstance(t, Tensor) and t.grad_fn is not None and bool(
+        t.grad_fn.metadata.get(_ACTIVATION_MARK))
 
 #: Kind of every intercepted function.
 KINDS: Dict[Callable, str] = {}
 for _kind, _fns in (("activation", ACTIVATIONS), ("relu", RELUS), ("softmax", SOFTMAX),
                     ("product", PRODUCTS), ("matmul", MATMULS),
                     ("normalization", NORMALIZATIONS), ("statistic", STATISTICS),
-                    ("maxpool", MAX_POOLS)):
+                    ("maxpool", MAX_POOLS), ("attention", ATTENTION)):
     for _fn in _fns:
         KINDS.setdefault(_fn, _kind)
 
@@ -170,6 +202,9 @@ class OpRule:
     value of ``func(*args, **kwargs)`` and the rule as its gradient."""
 
     _fields: Sequence[str] = ()
+    #: Whether the scope detaches parameters among the arguments first (rules that
+    #: decompose an operation into others see them as they are).
+    constant_parameters = True
 
     def apply(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         raise NotImplementedError
@@ -212,7 +247,7 @@ class Identity(OpRule):
         out = func(*args, **kwargs)
         if not carries(x):
             return _in_place_result(x, out) if inplace else out
-        result = rule_output(out, [Term(x)], self.epsilon)
+        result = mark_activation(rule_output(out, [Term(x)], self.epsilon))
         return _in_place_result(x, result) if inplace else result
 
 
@@ -268,19 +303,27 @@ class Uniform(OpRule):
 
 
 class Gate(OpRule):
-    """``x * gate`` with the gate broadcast over ``x`` (fewer elements, e.g. a
-    squeeze-excitation scale ``(N, C, 1, 1)``): the gate is a constant and all
-    relevance goes to ``x``.  Products of equal shapes (GLU, SwiGLU) use
-    :class:`Uniform`."""
+    """A gate ``x * g``: the gate ``g`` is a constant and all relevance goes to ``x``.
+
+    The gate is the operand an element-wise activation produced (SwiGLU's
+    ``silu(gate_proj(x))``, a squeeze-excitation's ``sigmoid(...)``) when exactly one
+    operand is such an output, else the operand broadcast over the other (a
+    squeeze-excitation scale ``(N, C, 1, 1)``); products with neither use
+    :class:`Uniform`.
+    """
 
     def apply(self, func, args, kwargs):
         carrying = _carrying(func, args)
-        if len(carrying) < 2:
+        if len(carrying) < 2 or func not in PRODUCTS:
             return Uniform().apply(func, args, kwargs)
         a, b = args[0], args[1]
-        if a.numel() == b.numel():
+        marked = [i for i in (0, 1) if is_activation_output(args[i])]
+        if len(marked) == 1:
+            gate = marked[0]
+        elif a.numel() != b.numel():
+            gate = 1 if b.numel() < a.numel() else 0
+        else:
             return Uniform().apply(func, args, kwargs)
-        gate = 1 if b.numel() < a.numel() else 0
         func, kwargs, inplace = _out_of_place(func, args, kwargs)
         new = list(args)
         new[gate] = new[gate].detach()
@@ -398,6 +441,149 @@ class Guided(OpRule):
         return _in_place_result(x, result) if inplace else result
 
 
+class Attention(OpRule):
+    """Attention kernels (``F.scaled_dot_product_attention``, the functional form of
+    ``nn.MultiheadAttention``) as the composition they compute,
+    ``softmax(q k^T * scale + mask) v``, with the given rules for its matrix products
+    and its softmax.
+
+    With :class:`Uniform` products and the softmax's :class:`Gradient` (AttnLRP) the
+    rule is the kernel's own gradient with the gradients of ``q`` and ``k`` divided by
+    4 and that of ``v`` by 2 (each product halves its operands' shares); with a
+    :class:`Constant` softmax (CP-LRP) ``q`` and ``k`` carry no relevance.  So the
+    fused kernel runs unchanged: the same value and speed.  ``nn.MultiheadAttention``
+    is computed from its parts: the input projection, this rule, and the output
+    projection through the ``out_proj`` module's own rule.
+
+    Parameters
+    ----------
+    softmax
+        :class:`Gradient` (AttnLRP) or :class:`Constant` (CP-LRP).
+    matmul
+        :class:`Uniform` (or :class:`Gradient`: products keep their full gradient).
+    """
+
+    _fields = ("softmax", "matmul")
+    constant_parameters = False
+
+    def __init__(self, softmax: OpRule, matmul: OpRule):
+        if not isinstance(softmax, (Gradient, Constant)) or not isinstance(matmul, (Uniform, Gradient)):
+            raise TypeError("Attention takes softmax=Gradient() or Constant() and "
+                            "matmul=Uniform() or Gradient()")
+        self.softmax = softmax
+        self.matmul = matmul
+
+    def _scaled(self, q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        constant = isinstance(self.softmax, Constant)
+        uniform = isinstance(self.matmul, Uniform)
+        weights_carry = not constant and (carries(q) or carries(k))
+        n_av = int(weights_carry) + int(carries(v))  # relevance-carrying operands of A v
+        av = 1.0 / n_av if uniform and n_av > 1 else 1.0
+        n_qk = int(carries(q)) + int(carries(k))  # ... and of q k^T
+        qk = 1.0 / n_qk if uniform and n_qk > 1 else 1.0
+        if constant:
+            q, k = q.detach(), k.detach()
+        elif weights_carry:
+            q = scale_gradient(q, qk * av) if carries(q) else q
+            k = scale_gradient(k, qk * av) if carries(k) else k
+        if carries(v) and av != 1.0:
+            v = scale_gradient(v, av)
+        return q, k, v
+
+    def apply(self, func, args, kwargs):
+        if func is F.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            q, k, v = self._scaled(q, k, v)
+            return func(q, k, v, *args[3:], **kwargs)
+        return _multi_head_attention(self, *args, **kwargs)
+
+
+def _multi_head_attention(rule: Attention, query, key, value, embed_dim_to_check, num_heads,
+                          in_proj_weight, in_proj_bias, bias_k, bias_v, add_zero_attn,
+                          dropout_p, out_proj_weight, out_proj_bias, training=True,
+                          key_padding_mask=None, need_weights=True, attn_mask=None,
+                          use_separate_proj_weight=False, q_proj_weight=None, k_proj_weight=None,
+                          v_proj_weight=None, static_k=None, static_v=None,
+                          average_attn_weights=True, is_causal=False):
+    """``F.multi_head_attention_forward`` (inputs ``(L, N, E)``) from its parts: input
+    projections, :class:`Attention`'s rule on the attention, and the output
+    projection as a functional call of the ``out_proj`` weight (which gets the
+    ``out_proj`` module's rule in the scope).  Exotic options (``bias_k``,
+    ``add_zero_attn``, static keys, dropout in training) run the original function."""
+    from .scope import dispatch
+    original = (bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None
+                or static_v is not None or (training and dropout_p > 0))
+    if original:
+        return F.multi_head_attention_forward(
+            query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias,
+            bias_k, bias_v, add_zero_attn, dropout_p, out_proj_weight, out_proj_bias, training,
+            key_padding_mask, need_weights, attn_mask, use_separate_proj_weight, q_proj_weight,
+            k_proj_weight, v_proj_weight, static_k, static_v, average_attn_weights, is_causal)
+    batched = query.dim() == 3
+    if not batched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    tgt_len, bsz, embed = query.shape
+    src_len = key.shape[0]
+    head = embed // num_heads
+    detach = lambda p: None if p is None else p.detach()  # noqa: E731 - parameters are constants
+    if use_separate_proj_weight:
+        weights = [detach(q_proj_weight), detach(k_proj_weight), detach(v_proj_weight)]
+    else:
+        weights = list(detach(in_proj_weight).chunk(3))
+    biases = list(detach(in_proj_bias).chunk(3)) if in_proj_bias is not None else [None] * 3
+    q = F.linear(query, weights[0], biases[0])
+    k = F.linear(key, weights[1], biases[1])
+    v = F.linear(value, weights[2], biases[2])
+
+    def heads(x: Tensor, length: int) -> Tensor:  # (L, N, E) -> (N, H, L, D)
+        return x.reshape(length, bsz, num_heads, head).permute(1, 2, 0, 3)
+
+    q, k, v = heads(q, tgt_len), heads(k, src_len), heads(v, src_len)
+    mask = _merged_mask(attn_mask, key_padding_mask, bsz, num_heads, tgt_len, src_len, q.dtype)
+    causal = is_causal and mask is None
+    weights_out = None
+    if need_weights:
+        with torch.no_grad():
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(head)
+            if mask is not None:
+                scores = scores + mask
+            elif causal:
+                scores = scores.masked_fill(torch.ones(tgt_len, src_len, dtype=torch.bool,
+                                                       device=q.device).triu(1), float("-inf"))
+            weights_out = torch.softmax(scores, dim=-1)
+            if average_attn_weights:
+                weights_out = weights_out.mean(dim=1)
+            if not batched:
+                weights_out = weights_out.squeeze(0)
+    q, k, v = rule._scaled(q, k, v)
+    attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+    attn = attn.permute(2, 0, 1, 3).reshape(tgt_len, bsz, embed)
+    out = dispatch(F.linear, attn, out_proj_weight, out_proj_bias)
+    if not batched:
+        out = out.squeeze(1)
+    return out, weights_out
+
+
+def _merged_mask(attn_mask, key_padding_mask, bsz, num_heads, tgt_len, src_len, dtype):
+    """MultiheadAttention's masks (True or -inf: not attended) as one additive float mask
+    of shape ``(N, H, L, S)`` for ``F.scaled_dot_product_attention`` (``None``: no mask)."""
+    def additive(m: Tensor) -> Tensor:
+        if m.dtype == torch.bool:
+            return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
+        return m.to(dtype)
+
+    mask = None
+    if attn_mask is not None:
+        m = additive(attn_mask)
+        mask = m.view(bsz, num_heads, tgt_len, src_len) if m.dim() == 3 else m.view(1, 1, tgt_len, src_len)
+    if key_padding_mask is not None:
+        kpm = additive(key_padding_mask).view(bsz, 1, 1, src_len)
+        mask = kpm if mask is None else mask + kpm
+    return mask
+
+
 _NORMALIZER = Normalizer()
 _CONSTANT = Constant()
 
@@ -479,5 +665,7 @@ class OpTable:
 
 __all__ = [
     "OpRule", "Identity", "Uniform", "Gate", "Gradient", "Constant", "Normalizer",
-    "Guided", "OpTable", "KINDS", "kind_of", "scale_gradient", "surrogate", "carries",
+    "Guided", "Attention", "OpTable", "KINDS", "kind_of", "scale_gradient", "surrogate",
+    "carries", "ACTIVATION_MODULES", "is_activation_module", "mark_activation",
+    "is_activation_output",
 ]

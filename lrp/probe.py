@@ -107,15 +107,27 @@ _CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, ModelGraph]]" = \
 _LOCK = threading.Lock()
 
 
-def probe(model: nn.Module, example_input) -> ModelGraph:
-    """The :class:`ModelGraph` of ``model`` on the first sample of ``example_input``.
+def first_sample_kwargs(kwargs: Optional[dict], example_input) -> dict:
+    """Keyword arguments for a forward of the first sample: tensors whose first
+    dimension is the batch are sliced, others pass unchanged."""
+    batch = next(iter(walk_tensors(example_input)), None)
+    size = batch.shape[0] if batch is not None and batch.dim() > 0 else None
+    return {k: v[:1] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == size else v
+            for k, v in (kwargs or {}).items()}
+
+
+def probe(model: nn.Module, example_input, kwargs: Optional[dict] = None) -> ModelGraph:
+    """The :class:`ModelGraph` of ``model`` on the first sample of ``example_input``
+    (with the model's keyword arguments ``kwargs``).
 
     Runs one forward without gradients and without rules (cached per model,
     structure and input signature).
     """
     from .attach import run_model
 
-    key = (structure(model), signature(example_input))
+    key = (structure(model), signature(example_input),
+           tuple((k, signature(v) if isinstance(v, Tensor) else repr(v))
+                 for k, v in sorted((kwargs or {}).items())))
     with _LOCK:
         hit = _CACHE.get(model)
     if hit is not None and hit[0] == key:
@@ -155,13 +167,14 @@ def probe(model: nn.Module, example_input) -> ModelGraph:
                 uses[id(t)].append(where)
 
     with torch.no_grad(), Scope(model, observers=[observe], op_observer=observe_op):
-        run_model(model, sample, shown=example_input)
+        run_model(model, sample, shown=example_input,
+                  kwargs=first_sample_kwargs(kwargs, example_input))
     graph.uses = dict(uses)
     with _LOCK:
         _CACHE[model] = (key, graph)
     return graph
 
 
-def execution_order(model: nn.Module, example_input) -> List[str]:
+def execution_order(model: nn.Module, example_input, kwargs: Optional[dict] = None) -> List[str]:
     """Names of the leaf modules in the order they are first called (see :func:`probe`)."""
-    return list(probe(model, example_input).order)
+    return list(probe(model, example_input, kwargs).order)

@@ -37,6 +37,8 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 from torch.overrides import TorchFunctionMode
 
+from .ops import is_activation_module, mark_activation
+
 #: ``observer(module, args, output) -> replacement or None``, called after the rule.
 Observer = Callable[[nn.Module, tuple, Any], Any]
 #: ``op_observer(func, args, kwargs, module)``, called for every operation (probes).
@@ -130,7 +132,7 @@ class Scope:
                  substitution: Optional[Substitution] = None, ops: Any = None,
                  observers: Sequence[Observer] = (), op_observer: Optional[OpObserver] = None):
         self.model = model
-        self.rules: Dict[nn.Module, Bound] = dict(rules or {})
+        self.rules = dict(rules or {})
         self.substitution = substitution or Substitution()
         self.ops = ops
         self.observers: List[Observer] = list(observers)
@@ -152,6 +154,21 @@ class Scope:
             _ACTIVE.reset(self._token)
             self._token = None
         _uninstall()
+
+    @property
+    def rules(self) -> Dict[nn.Module, Bound]:
+        """Module rules by module."""
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: Dict[nn.Module, Bound]) -> None:
+        self._rules = rules
+        # weights of ruled layers: a layer used functionally (``F.linear(x,
+        # layer.weight, layer.bias)``, as attention blocks do with their projections)
+        # still gets its rule
+        self._owners = {id(m._parameters["weight"]): m for m in rules
+                        if isinstance(m._parameters.get("weight") if hasattr(m, "_parameters")
+                                      else None, nn.Parameter)}
 
     def add_member(self, module: nn.Module) -> None:
         """Make ``module`` (not part of the model) subject to this scope."""
@@ -217,6 +234,8 @@ class Scope:
             replaced = output = bound.rule.apply(module, args, output, bound.prepared,
                                                  _recorder(bound.name))
             _register_call(bound.name, output, args)
+            if is_activation_module(module):
+                mark_activation(output)
         for observe in self.observers:
             result = observe(module, args, output)
             if result is not None:
@@ -228,17 +247,54 @@ class Scope:
         module = frame.stack[-1] if frame.stack else None
         if func is _BATCH_NORM and module in self.substitution.identity:
             return args[0]  # fused into the preceding layer: skip the work
-        args, kwargs = self._constants(func, module, args, kwargs, frame)
+        owner = self._functional_layer(func, args, kwargs, frame)
+        rule = (self.ops.rule(func, module, frame.stack)
+                if owner is None and self.ops is not None and not frame.ruled else None)
+        if rule is None or rule.constant_parameters:
+            # (rules that decompose an operation see its parameters, to pass them on)
+            args, kwargs = self._constants(func, module, args, kwargs, frame)
+        if owner is not None:
+            return self._functional_rule(owner, func, args, kwargs)
         if self.op_observer is not None:
             self.op_observer(func, args, kwargs, module)
-        if self.ops is not None and not frame.ruled:
-            rule = self.ops.rule(func, module, frame.stack)
-            if rule is not None:
-                out = rule.apply(func, args, kwargs)
-                if isinstance(out, Tensor) and out.grad_fn is not None:
-                    _register_call(f"op:{getattr(func, '__name__', func)}", out, args)
-                return out
+        if rule is not None:
+            out = rule.apply(func, args, kwargs)
+            first = next(walk_tensors(out), None)
+            if first is not None and first.grad_fn is not None:
+                _register_call(f"op:{getattr(func, '__name__', func)}", first, args)
+            return out
         return func(*args, **kwargs)
+
+    def _functional_layer(self, func, args: tuple, kwargs: dict, frame: _Frame):
+        """The ruled layer whose weight a functional layer call uses outside the layer's
+        own forward (``F.linear(x, self.proj.weight, ...)``), or ``None``."""
+        if func not in _LAYER_FUNCTIONS or not self._owners or frame.ruled:
+            return None
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        owner = self._owners.get(id(weight)) if isinstance(weight, nn.Parameter) else None
+        if owner is None or owner in frame.stack or not torch.is_grad_enabled():
+            return None
+        return owner
+
+    def _functional_rule(self, owner: nn.Module, func, args: tuple, kwargs: dict):
+        """``owner``'s rule on a functional call of its layer function."""
+        out = func(*args, **kwargs)
+        bound = self.rules[owner]
+        x = args[0]
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        if not isinstance(x, Tensor) or not x.requires_grad:
+            return out
+        params = self.parameters(owner)
+        if (bias is None) != (params["bias"] is None):
+            return out  # not the layer's own computation: leave it to the gradient
+        frame = self._frame
+        frame.suspended = True
+        try:
+            result = bound.rule.apply(owner, (x,), out, bound.prepared, _recorder(bound.name))
+        finally:
+            frame.suspended = False
+        _register_call(bound.name, result, (x,))
+        return result
 
     def _constants(self, func, module, args: tuple, kwargs: dict, frame: _Frame):
         """Parameters as constants (detached), substituted ones for canonized layers,
@@ -390,6 +446,17 @@ def _uninstall() -> None:
             for handle in _INSTALLED:
                 handle.remove()
             _INSTALLED.clear()
+
+
+def dispatch(func, *args, **kwargs):
+    """Run ``func`` as an operation of the innermost active scope (its op rules,
+    constant parameters, functional layer rules) -- for op rules that decompose an
+    operation into others (attention).  Without an active scope: ``func`` itself."""
+    scopes = _ACTIVE.get()
+    if not scopes:
+        return func(*args, **kwargs)
+    scope = scopes[-1]
+    return scope._operation(func, args, kwargs, scope._frame)
 
 
 def current_module() -> Optional[nn.Module]:
