@@ -153,4 +153,4 @@ MODEL = ShippedModel(
     weights=WEIGHTS, record=INFO, samples=fashion.SAMPLES, class_names=fashion.CLASS_NAMES,
     size=(fashion.SIZE, fashion.SIZE), mean=(fashion.MEAN,), std=(fashion.STD,),
     prepare=fashion.prepare_fashion, preprocess=fashion.preprocess, noun="photo",
-    trained_by="scripts/train_vit.py")
+    trained_by="scripts/train_vit.py", composite="cp-lrp")
