@@ -45,11 +45,11 @@ def test_lrp_demo_keeps_every_name_it_exported():
 
 
 def test_registry():
-    assert list(demo.MODELS) == ["digits", "fashion"]
+    assert list(demo.MODELS) == ["digits", "fashion", "vit"]
     assert demo.shipped_model("demo") is demo.MODELS["digits"]
     assert demo.shipped_model("fashion") is fashion.MODEL
-    with pytest.raises(KeyError, match="available: digits, fashion"):
-        demo.shipped_model("vit")
+    with pytest.raises(KeyError, match="available: digits, fashion, vit"):
+        demo.shipped_model("resnet")
     with pytest.raises(ValueError, match="already registered"):
         demo.register(fashion.MODEL)
     assert fashion.MODEL.class_names == tuple(NAMES)

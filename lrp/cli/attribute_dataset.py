@@ -10,8 +10,9 @@ import re
 import time
 from pathlib import Path
 
-from .common import (METHOD_CALLS, METHODS, CLIError, add_model_options, bounds_and_composite, enlarge,
-                     check_cmap, composite_name, load_model, preprocessing, scripted_check)
+from .common import (METHOD_CALLS, METHODS, CLIError, add_model_options, bounds_and_composite,
+                     check_cmap, check_composite, enlarge, load_model, model_composite,
+                     preprocessing, scripted_check)
 from .datasets import (add_data_options, check_sizes, error_line, is_main, load_dataset,
                        parse_target, process_group)
 
@@ -42,13 +43,14 @@ def run(args: argparse.Namespace) -> int:
     check_sizes(args)
     check_cmap(args.cmap)
     target = parse_target(args.target)
-    composite_name(args.composite)
+    check_composite(args.composite)
     if args.method not in METHODS:
         raise CLIError(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
     conditions = parse_concepts(args.concepts)
     if conditions is not None and args.method != "lrp":
         raise CLIError("--concepts (CRP) needs --method lrp")
     loaded = load_model(args.model)
+    model_composite(args, loaded)
     prep = preprocessing(args, loaded)
     composite = bounds_and_composite(args, prep)
     if args.method == "lrp":

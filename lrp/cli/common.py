@@ -42,6 +42,9 @@ COMPOSITES: Dict[str, Optional[str]] = {
     "cp-lrp": "CPLRP",
     "gradient": None,
 }
+#: The composite of a model that does not come with its own (shipped models name theirs
+#: in :attr:`lrp.demo.ShippedModel.composite`).
+DEFAULT_COMPOSITE = "epsilon-gamma-box"
 _ALIASES = {"gradientxinput": "gradient", "gradient-x-input": "gradient"}
 
 #: Attribution methods of ``lrp heatmap --method``: ``lrp`` uses ``--composite``; the
@@ -355,6 +358,21 @@ def run_explanation(model: nn.Module, x: Tensor, composite, target: Optional[int
                        f"{first_line(err)}") from None
 
 
+def model_composite(args: argparse.Namespace, loaded: LoadedModel) -> None:
+    """Without ``--composite``, use the shipped model's own preset, else
+    :data:`DEFAULT_COMPOSITE`."""
+    if args.composite is None:
+        args.composite = loaded.shipped.composite if loaded.shipped is not None \
+            else DEFAULT_COMPOSITE
+
+
+def check_composite(name: Optional[str]) -> None:
+    """Refuse an unknown ``--composite`` before any model is loaded (``None``: the
+    model's default, resolved later by :func:`model_composite`)."""
+    if name is not None:
+        composite_name(name)
+
+
 def bounds_and_composite(args: argparse.Namespace, prep: Preprocessing):
     canonical = composite_name(args.composite)
     if (args.low is not None or args.high is not None) and canonical != "epsilon-gamma-box":
@@ -396,9 +414,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                              "torchvision:ARCH[:WEIGHTS.pth] (without WEIGHTS: random weights "
                              f"initialised with seed {RANDOM_WEIGHTS_SEED}) | TorchScript file "
                              "(*.pt, *.pth) | package.module:factory")
-    parser.add_argument("--composite", default="epsilon-gamma-box", metavar="NAME",
-                        help="rule preset: " + ", ".join(COMPOSITES)
-                             + " (any case; default: %(default)s)")
+    parser.add_argument("--composite", default=None, metavar="NAME",
+                        help="rule preset: " + ", ".join(COMPOSITES) + " (any case; default: "
+                             f"the shipped model's own, else {DEFAULT_COMPOSITE})")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                         help="input size (default 224 224; 32 32 for the demo model)")
     parser.add_argument("--mean", type=float, nargs="+", metavar="M",

@@ -9,8 +9,8 @@ from typing import List
 from PIL import Image
 
 from .common import (COMPOSITES, NEAREST, CLIError, add_figure_options, blank_notice,
-                     bounds_and_composite, check_cmap, check_out, composite_name, figure,
-                     load_model, notice, preprocessing, run_explanation)
+                     bounds_and_composite, check_cmap, check_composite, check_out, figure,
+                     load_model, model_composite, notice, preprocessing, run_explanation)
 
 
 def _slug(name: str) -> str:
@@ -27,12 +27,13 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as err:
         raise CLIError(err.args[0]) from None
     check_cmap(args.cmap)
-    composite_name(args.composite)
+    check_composite(args.composite)
     available = shipped.n_samples()
     if not 1 <= args.n <= available:
         raise CLIError(f"-n must be between 1 and {available}, got {args.n}")
     out = check_out(args.out)
     loaded = load_model(shipped.name)
+    model_composite(args, loaded)
     prep = preprocessing(argparse.Namespace(size=None, mean=None, std=None, grayscale=False),
                          loaded)
     args.low = args.high = None
@@ -89,8 +90,10 @@ def register(sub) -> None:
                       help="shipped model: " + ", ".join(MODELS) + " (default: %(default)s)")
     demo.add_argument("--out", default="lrp-demo", metavar="DIR",
                       help="output directory (default: %(default)s)")
-    demo.add_argument("--composite", default="epsilon-gamma-box", metavar="NAME",
-                      help="rule preset: " + ", ".join(COMPOSITES) + " (default: %(default)s)")
+    demo.add_argument("--composite", default=None, metavar="NAME",
+                      help="rule preset: " + ", ".join(COMPOSITES) + " (default: the model's "
+                           "own: " + ", ".join(f"{m.composite} for {m.name}"
+                                               for m in MODELS.values()) + ")")
     demo.add_argument("-n", type=int, default=10, help="number of held-out samples, 1-60; the "
                                                        "classes cycle (default: %(default)s)")
     demo.add_argument("--cmap", default="bwr", help="colormap (default: %(default)s)")

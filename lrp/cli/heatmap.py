@@ -8,8 +8,8 @@ from typing import Dict
 
 from .common import (METHODS, CLIError, add_figure_options, add_model_options, blank_notice,
                      bounds_and_composite, check_cmap, check_images, check_out, class_label,
-                     composite_name, figure, load_model, notice, preprocessing, read_class_names,
-                     scripted_check, unique_stem)
+                     check_composite, figure, load_model, model_composite, notice, preprocessing,
+                     read_class_names, scripted_check, unique_stem)
 from .datasets import expand_images, explained_images
 
 
@@ -22,12 +22,13 @@ def run(args: argparse.Namespace) -> int:
     images = expand_images(args.images)
     check_images(images)
     check_cmap(args.cmap)
-    composite_name(args.composite)
+    check_composite(args.composite)
     if args.method not in METHODS:
         raise CLIError(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
     out = check_out(args.out)
     class_names = read_class_names(args.class_names)
     loaded = load_model(args.model)
+    model_composite(args, loaded)
     if loaded.notice:
         notice(loaded.notice)
     prep = preprocessing(args, loaded)

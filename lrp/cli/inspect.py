@@ -6,16 +6,18 @@ import warnings
 
 import torch
 
-from .common import (CLIError, add_model_options, bounds_and_composite, composite_name,
-                     first_line, load_model, preprocessing, run_explanation, scripted_check)
+from .common import (CLIError, add_model_options, bounds_and_composite, check_composite,
+                     first_line, load_model, model_composite, preprocessing, run_explanation,
+                     scripted_check)
 
 
 def run(args: argparse.Namespace) -> int:
     """``lrp inspect``: the rule tree and the coverage audit."""
     from ..composites import Composite
 
-    composite_name(args.composite)
+    check_composite(args.composite)
     loaded = load_model(args.model)
+    model_composite(args, loaded)
     prep = preprocessing(args, loaded)
     composite = bounds_and_composite(args, prep)
     scripted_check(loaded, composite)

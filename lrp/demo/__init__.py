@@ -9,6 +9,8 @@ held-out accuracy.  ``lrp demo --model NAME`` and the model spec ``NAME`` of
   8x8 handwritten digits, upsampled to 32x32.
 * ``fashion`` (:mod:`lrp.demo.fashion`): a residual CNN with BatchNorm on
   Fashion-MNIST's 28x28 product photos.
+* ``vit`` (:mod:`lrp.demo.vit`): a small Vision Transformer on the same photos,
+  explained with the transformer rules by default.
 
 The digits model's names (:class:`DigitsCNN`, :func:`load_demo_model`,
 :func:`demo_inputs`, :data:`LOW`, ...) are importable from here, as before the
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from . import digits, fashion
+from . import digits, fashion, vit
 from .base import DATA_DIR, ShippedModel, flatten_alpha, gray_pixels
 from .digits import (HIGH, INFO, LOW, MEAN, SAMPLES, SIZE, STD, WEIGHTS, DigitsCNN, demo_info,
                      demo_inputs, load_demo_model, prepare_digits, preprocess)
@@ -88,6 +90,7 @@ def shipped_model(name: str) -> ShippedModel:
 
 register(digits.MODEL)
 register(fashion.MODEL)
+register(vit.MODEL)
 
 
 def __getattr__(name: str) -> Any:

@@ -52,6 +52,9 @@ class ShippedModel:
         What one sample is, for messages and file names (``"digit"``, ``"photo"``).
     trained_by
         The script that made the package data.
+    composite
+        The command-line name of the rule preset that explains it by default
+        (``lrp demo``, ``lrp heatmap``, ``lrp inspect`` without ``--composite``).
     """
 
     name: str
@@ -68,6 +71,7 @@ class ShippedModel:
     preprocess: Callable[..., Tensor] = field(repr=False)
     noun: str = "sample"
     trained_by: str = ""
+    composite: str = "epsilon-gamma-box"
 
     @property
     def channels(self) -> int:
