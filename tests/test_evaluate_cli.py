@@ -81,7 +81,7 @@ def test_cli_evaluate_error_in_a_subprocess(runs):
     code, out, err = runs[1]["no-data"]
     assert code == 2 and err.strip().splitlines() == [
         "lrp: error: --model torchvision:resnet18 needs --images DIR: only the shipped models "
-        "(digits, fashion, demo) come with data to evaluate on"]
+        "(digits, fashion, vit, demo) come with data to evaluate on"]
 
 
 @pytest.mark.parametrize("case", sorted(ERRORS))

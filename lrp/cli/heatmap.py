@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         if not warned and explanation.audit is not None and not explanation.audit.ok:
             tqdm.write(f"lrp: warning: {explanation.audit}", file=sys.stderr)
             warned = True
+        if class_names is not None and len(class_names) != explanation.output.shape[-1]:
+            raise CLIError(f"got {len(class_names)} output names for a model with "
+                           f"{explanation.output.shape[-1]} outputs")
         stem = unique_stem(path, seen)
         relevance = explanation.relevance[0]
         target = int(explanation.target[0])
