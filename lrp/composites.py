@@ -621,7 +621,9 @@ def _transformer(name: str, softmax, product, epsilon: float, gamma: Optional[fl
     from . import ops
     from .canonizers import LayerNormAffine, LayerNormalization
     if gamma is not None:
-        linear_rule: Optional[R.Rule] = R.Gamma(gamma, epsilon=max(epsilon, 1e-6))
+        # Transformer layers' outputs are negative as often as positive (they feed residual
+        # sums and norms), where plain Gamma's denominator crosses zero.
+        linear_rule: Optional[R.Rule] = R.GeneralizedGamma(gamma, epsilon=max(epsilon, 1e-6))
     else:
         linear_rule = R.Epsilon(epsilon) if epsilon > 0 else None
     types: List[Tuple[TypeSpec, R.Rule]] = [
@@ -653,7 +655,9 @@ def AttnLRP(*, epsilon: float = 1e-6, gamma: Optional[float] = None,
     * attention kernels (``F.scaled_dot_product_attention``,
       ``nn.MultiheadAttention``): the above, through the fused kernel;
     * linear layers (``nn.Linear``, GPT-2's ``Conv1D``, convolutions such as a ViT's
-      patch embedding): LRP-epsilon, or LRP-gamma with ``gamma`` (for ViTs).
+      patch embedding): LRP-epsilon, or LRP-gamma with ``gamma`` (for ViTs; the
+      generalized form :class:`lrp.rules.GeneralizedGamma`, which is also stable for
+      negative outputs, as Zennit >= 0.5's Gamma that LXT's ViT recipe uses).
 
     Parameters
     ----------
@@ -661,7 +665,7 @@ def AttnLRP(*, epsilon: float = 1e-6, gamma: Optional[float] = None,
         Stabilizer of the linear layers' rule; ``0`` leaves them with their plain
         gradient (LRP-0), which is what LXT's efficient implementation computes.
     gamma
-        LRP-gamma with this parameter on linear layers instead of epsilon.
+        Generalized LRP-gamma with this parameter on linear layers instead of epsilon.
     canonizers
         Canonizers (e.g. ``[MergeBatchNorm()]`` for hybrid models).
     """

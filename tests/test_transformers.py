@@ -314,7 +314,7 @@ def test_presets_print_their_rules():
     assert "-> Epsilon(epsilon=1e-06)" in text and "SiLUActivation()  -> Pass()" in text
     assert "softmax -> Gradient()" in text and "matmul -> Uniform()" in text
     cp = CPLRP(gamma=0.25).tree(build("gpt2"))
-    assert "Conv1D" in cp and "-> Gamma(gamma=0.25" in cp and "softmax -> Constant()" in cp
+    assert "Conv1D" in cp and "-> GeneralizedGamma(gamma=0.25" in cp and "softmax -> Constant()" in cp
 
 
 # --------------------------------------------------------------------------- vision
