@@ -125,6 +125,7 @@ def test_composite_names_give_the_presets():
         "guided-backprop": lambda c: C.GuidedBackprop(canonizers=c),
         "attn-lrp": lambda c: C.AttnLRP(canonizers=c),
         "cp-lrp": lambda c: C.CPLRP(canonizers=c),
+        "cp-lrp-gamma": lambda c: C.CPLRP(gamma=0.25, canonizers=c),
     }
     assert set(cli.COMPOSITES) == set(expected) | {"gradient"}
     model, (x, _) = demo.load_demo_model(), demo.demo_inputs(1)

@@ -96,7 +96,7 @@ def test_cli_evaluate_methods_are_the_library_methods():
     model = load_demo_model()
     x, labels = demo_inputs(3)
     names = cli_evaluate.method_names()
-    assert len(names) == 14 and names[-1] == "random"
+    assert len(names) == 15 and names[-1] == "random"
     chosen = cli_evaluate.methods(names, LOW, HIGH)
     mbn = [MergeBatchNorm()]
     direct = {

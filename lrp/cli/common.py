@@ -40,8 +40,12 @@ COMPOSITES: Dict[str, Optional[str]] = {
     "guided-backprop": "GuidedBackprop",
     "attn-lrp": "AttnLRP",
     "cp-lrp": "CPLRP",
+    "cp-lrp-gamma": "CPLRP",
     "gradient": None,
 }
+#: Preset options behind a name (``cp-lrp-gamma``: LXT's ViT recipe, generalized
+#: LRP-gamma 0.25 on the linear layers).
+_PRESET_OPTIONS: Dict[str, Dict[str, float]] = {"cp-lrp-gamma": {"gamma": 0.25}}
 #: The composite of a model that does not come with its own (shipped models name theirs
 #: in :attr:`lrp.demo.ShippedModel.composite`).
 DEFAULT_COMPOSITE = "epsilon-gamma-box"
@@ -131,7 +135,7 @@ def make_composite(name: str, *, low=None, high=None, canonize: bool = True):
     if preset == "EpsilonGammaBox":
         return factory(low if low is not None else -3.0, high if high is not None else 3.0,
                        canonizers=canonizers)
-    return factory(canonizers=canonizers)
+    return factory(canonizers=canonizers, **_PRESET_OPTIONS.get(canonical, {}))
 
 
 

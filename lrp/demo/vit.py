@@ -15,8 +15,9 @@ photos (``lrp/assets/fashion_samples.npz``).  Package data: the weights
 into the float32 model; the recorded accuracy is that of the stored weights) and the
 training record (``lrp/assets/fashion_vit.json``).
 
-Attention models need the transformer rules: :class:`lrp.composites.CPLRP` (the
-default of ``lrp demo --model vit``) or :class:`lrp.composites.AttnLRP`.
+Attention models need the transformer rules: :class:`lrp.composites.CPLRP` (with
+``gamma=0.25``, LXT's recipe for ViTs: the default of ``lrp demo --model vit``, named
+``cp-lrp-gamma`` on the command line) or :class:`lrp.composites.AttnLRP`.
 
 Example
 -------
@@ -153,4 +154,4 @@ MODEL = ShippedModel(
     weights=WEIGHTS, record=INFO, samples=fashion.SAMPLES, class_names=fashion.CLASS_NAMES,
     size=(fashion.SIZE, fashion.SIZE), mean=(fashion.MEAN,), std=(fashion.STD,),
     prepare=fashion.prepare_fashion, preprocess=fashion.preprocess, noun="photo",
-    trained_by="scripts/train_vit.py", composite="cp-lrp")
+    trained_by="scripts/train_vit.py", composite="cp-lrp-gamma")
