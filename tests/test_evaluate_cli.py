@@ -110,6 +110,7 @@ def test_cli_evaluate_methods_are_the_library_methods():
         "guided-backprop": lambda: explain(model, x, GuidedBackprop(canonizers=mbn), labels),
         "attn-lrp": lambda: explain(model, x, AttnLRP(canonizers=mbn), labels),
         "cp-lrp": lambda: explain(model, x, CPLRP(canonizers=mbn), labels),
+        "cp-lrp-gamma": lambda: explain(model, x, CPLRP(gamma=0.25, canonizers=mbn), labels),
         "gradient-x-input": lambda: gradients.gradient_x_input(model, x, target=labels),
         "integrated-gradients": lambda: gradients.integrated_gradients(model, x, target=labels, steps=32),
         "deeplift": lambda: deeplift(model, x, labels),
