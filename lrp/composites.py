@@ -638,7 +638,7 @@ def _transformer(name: str, softmax, product, epsilon: float, gamma: Optional[fl
                             "softmax": softmax, "normalization": ops.Normalizer(),
                             "statistic": ops.Constant(),
                             "attention": ops.Attention(softmax, matmul)}),
-                     canonizers=canonizers, name=name)
+                     canonizers=canonizers, name=name if gamma is None else f"{name}(gamma={gamma:g})")
 
 
 def AttnLRP(*, epsilon: float = 1e-6, gamma: Optional[float] = None,
