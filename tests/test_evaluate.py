@@ -468,3 +468,23 @@ def test_every_module_is_importable_next_to_the_functions():
     assert importlib.import_module("lrp.evaluate.removal").road is evaluate.road
     assert importlib.import_module("lrp.evaluate.comparison").compare is evaluate.compare
     assert importlib.import_module("lrp.evaluate.sparsity").complexity is evaluate.complexity
+
+
+def test_imputation_groups_in_parallel_equal_one_system(demo):
+    """The batch split into one group per torch thread (solved in parallel threads) gives
+    the values of the single block-diagonal system (to rounding: LAPACK's blocking
+    follows the band width of each group), and leaves the BLAS thread count as it was."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    model, x, labels = demo
+    mask = torch.rand(x.shape[0], 32, 32, generator=torch.Generator().manual_seed(0)) < 0.5
+    blas_before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        parallel = evaluate.noisy_linear_imputation(x.double(), mask, noise=0.0, solver="scipy")
+        torch.set_num_threads(1)
+        single = evaluate.noisy_linear_imputation(x.double(), mask, noise=0.0, solver="scipy")
+    finally:
+        torch.set_num_threads(threads)
+    assert (parallel - single).abs().max() < 1e-12
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == blas_before
