@@ -41,7 +41,7 @@ from lrp.composites import (AvgPooling, BatchNorm, Composite, Convolution, Dense
 from lrp.rules import Epsilon, Gamma, Norm, Pass, ZBox
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import gradient_pass, paired  # noqa: E402  (the timing of benchmarks/speed.py)
+from speed import gradient_pass, paired, peak_mb  # noqa: E402  (the timing of benchmarks/speed.py)
 
 LOW, HIGH = -3.0, 3.0
 CRP_LAYER = {"vgg16": "features.28", "resnet50": "layer4.2.conv3",
@@ -199,14 +199,6 @@ def ours_multi_target(model, x, k: int, loop: bool) -> Callable[[], Tensor]:
 
 # --------------------------------------------------------------------------- memory
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def memory_probe(model_name: str, batch: int, method: str) -> None:
     """Subprocess entry: run one method once, print its peak memory increase (MiB).
 
@@ -216,13 +208,9 @@ def memory_probe(model_name: str, batch: int, method: str) -> None:
     x = make_input(batch)
     t = predicted(model, x)
     fn, cleanup = build(method, model_name, model, x, t)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_mb("VmRSS")
-    fn()
-    peak = _status_mb("VmHWM")
+    peak = peak_mb(fn)
     cleanup()
-    print(json.dumps({"peak_mb": peak - before}))
+    print(json.dumps({"peak_mb": peak}))
 
 
 def measure_memory(model_name: str, batch: int, method: str) -> Optional[float]:

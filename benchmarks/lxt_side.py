@@ -218,14 +218,6 @@ def speed(spec: dict) -> dict:
     return {"seconds": seconds, "ratio": ratio, "base_seconds": base_seconds}
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def memory(spec: dict, method: str) -> dict:
     """Peak resident-set increase (MiB) of one call of ``method`` (``"gradient"`` or
     ``"lxt"``), the peak reset just before it."""
@@ -233,11 +225,8 @@ def memory(spec: dict, method: str) -> dict:
     if method == "lxt":
         from lxt.efficient import monkey_patch
         monkey_patch(*patch_map(spec["model"], spec.get("rule", "attnlrp")))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_mb("VmRSS")
-    (recipe if method == "lxt" else plain)()
-    return {"peak_mb": _status_mb("VmHWM") - before}
+    from speed import peak_mb
+    return {"peak_mb": peak_mb(recipe if method == "lxt" else plain)}
 
 
 def main() -> None:

@@ -31,6 +31,24 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def peak_mb(fn) -> float:
+    """Peak resident-set increase (MiB, Linux) while ``fn()`` runs: the peak is reset
+    just before it, and measured from the resident set at that moment."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_mb("VmRSS")
+    fn()
+    return _status_mb("VmHWM") - before
+
+
 def paired(base, method, repeats: int):
     """Median seconds of ``method`` and median ratio to ``base`` over paired repeats."""
     base()

@@ -44,7 +44,7 @@ if __name__ == "__main__":
 import transformer_models as tm  # noqa: E402
 from lxt_compare import run_with_lxt_deps  # noqa: E402
 from results import write_section  # noqa: E402
-from speed import paired  # noqa: E402
+from speed import paired, peak_mb  # noqa: E402
 
 #: Our methods per model; LXT's recipes per model (its rule names, see lxt_side.py).
 OURS = {"llama": ["AttnLRP", "AttnLRP(epsilon=0)", "CPLRP(epsilon=0)"],
@@ -90,26 +90,15 @@ def method_pass(name: str, method: str, model: nn.Module, x: Tensor,
 
 # ---------------------------------------------------------------------------- memory
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def memory_probe(name: str, method: str, batch: int, length: int) -> None:
     """Subprocess entry: one call of ``method`` (or ``gradient``), its peak RSS increase."""
     model, x, target = tm.speed_case(name, batch, length)
     fn = gradient_pass(name, model, x, target) if method == "gradient" else \
         method_pass(name, method, model, x, target)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_mb("VmRSS")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fn()
-    print(json.dumps({"peak_mb": _status_mb("VmHWM") - before}))
+        peak = peak_mb(fn)
+    print(json.dumps({"peak_mb": peak}))
 
 
 def _last_json(proc: subprocess.CompletedProcess) -> Optional[dict]:
