@@ -10,9 +10,8 @@ import re
 import time
 from pathlib import Path
 
-from .common import (METHOD_CALLS, METHODS, CLIError, add_model_options, bounds_and_composite,
-                     check_cmap, check_composite, enlarge, load_model, model_composite,
-                     preprocessing, scripted_check)
+from .common import (METHOD_CALLS, METHODS, CLIError, add_model_options, check_cmap,
+                     check_composite, enlarge, model_and_composite, scripted_check)
 from .datasets import (add_data_options, check_sizes, error_line, is_main, load_dataset,
                        parse_target, process_group)
 
@@ -49,10 +48,7 @@ def run(args: argparse.Namespace) -> int:
     conditions = parse_concepts(args.concepts)
     if conditions is not None and args.method != "lrp":
         raise CLIError("--concepts (CRP) needs --method lrp")
-    loaded = load_model(args.model)
-    model_composite(args, loaded)
-    prep = preprocessing(args, loaded)
-    composite = bounds_and_composite(args, prep)
+    loaded, prep, composite = model_and_composite(args)
     if args.method == "lrp":
         scripted_check(loaded, composite)
         if conditions is not None and composite is None:

@@ -370,6 +370,15 @@ def model_composite(args: argparse.Namespace, loaded: LoadedModel) -> None:
             else DEFAULT_COMPOSITE
 
 
+def model_and_composite(args: argparse.Namespace) -> Tuple[LoadedModel, Preprocessing, object]:
+    """``--model`` loaded, its preprocessing, and the composite of ``--composite`` (the
+    model's own without it) with the model's input bounds."""
+    loaded = load_model(args.model)
+    model_composite(args, loaded)
+    prep = preprocessing(args, loaded)
+    return loaded, prep, bounds_and_composite(args, prep)
+
+
 def check_composite(name: Optional[str]) -> None:
     """Refuse an unknown ``--composite`` before any model is loaded (``None``: the
     model's default, resolved later by :func:`model_composite`)."""

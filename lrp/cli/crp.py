@@ -12,19 +12,15 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import (CLIError, add_model_options, bounds_and_composite, check_cmap,
-                     check_composite, check_images, load_model, model_composite, open_image,
-                     preprocessing, scripted_check)
+from .common import (CLIError, add_model_options, check_cmap, check_composite, check_images,
+                     model_and_composite, open_image, scripted_check)
 from .datasets import (add_data_options, check_sizes, error_line, is_main, load_dataset,
                        parse_target, process_group)
 
 
 def _model_and_composite(args: argparse.Namespace):
     check_composite(args.composite)
-    loaded = load_model(args.model)
-    model_composite(args, loaded)
-    prep = preprocessing(args, loaded)
-    composite = bounds_and_composite(args, prep)
+    loaded, prep, composite = model_and_composite(args)
     scripted_check(loaded, composite)
     return loaded, prep, composite
 

@@ -6,9 +6,8 @@ import warnings
 
 import torch
 
-from .common import (CLIError, add_model_options, bounds_and_composite, check_composite,
-                     first_line, load_model, model_composite, preprocessing, run_explanation,
-                     scripted_check)
+from .common import (CLIError, add_model_options, check_composite, first_line,
+                     model_and_composite, run_explanation, scripted_check)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -16,10 +15,7 @@ def run(args: argparse.Namespace) -> int:
     from ..composites import Composite
 
     check_composite(args.composite)
-    loaded = load_model(args.model)
-    model_composite(args, loaded)
-    prep = preprocessing(args, loaded)
-    composite = bounds_and_composite(args, prep)
+    loaded, prep, composite = model_and_composite(args)
     scripted_check(loaded, composite)
     shown = composite if composite is not None else Composite(name="GradientXInput")
     generator = torch.Generator().manual_seed(0)
