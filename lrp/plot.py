@@ -598,16 +598,7 @@ def _plotly_bars(values: np.ndarray, names: list, cls: str, colors: tuple[str, s
         orientation="h" if horizontal else "v", marker_color=bar_colors,
         customdata=[[name, cls] for name in names],
         hovertemplate=_hover("feature: %{customdata[0]}", f"%{{{value_axis}:.4g}}", cls)))
-    ticks = {"tickmode": "array", "tickvals": positions.tolist(), "ticktext": names}
-    if horizontal:
-        figure.update_yaxes(autorange="reversed", **ticks)
-        figure.update_xaxes(title_text="relevance", zeroline=True)
-    else:
-        figure.update_xaxes(**ticks)
-        figure.update_yaxes(title_text="relevance", zeroline=True)
-    figure.update_layout(title_text=title, showlegend=False,
-                         height=max(300, 24 * len(values) + 120) if horizontal else None)
-    return figure
+    return _plotly_feature_axes(figure, names, horizontal, title, row_height=24)
 
 
 def _plotly_boxes(data: np.ndarray, names: list, cls: str, colors: tuple[str, str],
@@ -626,6 +617,12 @@ def _plotly_boxes(data: np.ndarray, names: list, cls: str, colors: tuple[str, st
             boxpoints="outliers" if show_fliers else False, boxmean=show_means,
             customdata=[[name, cls]] * len(column),
             hovertemplate=_hover("feature: %{customdata[0]}", f"%{{{value_axis}:.4g}}", cls)))
+    return _plotly_feature_axes(figure, names, horizontal, title, row_height=28)
+
+
+def _plotly_feature_axes(figure, names: list, horizontal: bool, title: str, row_height: int):
+    """Feature names along one axis (top to bottom when horizontal), relevance along
+    the other; a horizontal figure grows with the number of features."""
     ticks = {"tickmode": "array", "tickvals": list(range(len(names))), "ticktext": names}
     if horizontal:
         figure.update_yaxes(autorange="reversed", **ticks)
@@ -634,7 +631,7 @@ def _plotly_boxes(data: np.ndarray, names: list, cls: str, colors: tuple[str, st
         figure.update_xaxes(**ticks)
         figure.update_yaxes(title_text="relevance", zeroline=True)
     figure.update_layout(title_text=title, showlegend=False,
-                         height=max(300, 28 * len(names) + 120) if horizontal else None)
+                         height=max(300, row_height * len(names) + 120) if horizontal else None)
     return figure
 
 
