@@ -242,13 +242,19 @@ class Identity(OpRule):
         self.epsilon = float(epsilon)
 
     def apply(self, func, args, kwargs):
-        x = args[0]
-        func, kwargs, inplace = _out_of_place(func, args, kwargs)
-        out = func(*args, **kwargs)
-        if not carries(x):
-            return _in_place_result(x, out) if inplace else out
-        result = mark_activation(rule_output(out, [Term(x)], self.epsilon))
-        return _in_place_result(x, result) if inplace else result
+        return _elementwise(func, args, kwargs, lambda x, out: mark_activation(
+            rule_output(out, [Term(x)], self.epsilon)))
+
+
+def _elementwise(func: Callable, args: tuple, kwargs: dict,
+                 modify: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """``func(x, ...)`` (out of place), with ``modify(x, out)`` giving the result when
+    ``x`` carries relevance; written back into ``x`` when ``func`` was in place."""
+    x = args[0]
+    func, kwargs, inplace = _out_of_place(func, args, kwargs)
+    out = func(*args, **kwargs)
+    result = modify(x, out) if carries(x) else out
+    return _in_place_result(x, result) if inplace else result
 
 
 def _operands(func: Callable, args: tuple) -> Tuple[List[int], bool]:
@@ -432,13 +438,7 @@ class Guided(OpRule):
     where the input is positive."""
 
     def apply(self, func, args, kwargs):
-        x = args[0]
-        func, kwargs, inplace = _out_of_place(func, args, kwargs)
-        out = func(*args, **kwargs)
-        if not carries(x):
-            return _in_place_result(x, out) if inplace else out
-        result = _GuidedReLU.apply(x, out.detach())
-        return _in_place_result(x, result) if inplace else result
+        return _elementwise(func, args, kwargs, lambda x, out: _GuidedReLU.apply(x, out.detach()))
 
 
 class Attention(OpRule):
