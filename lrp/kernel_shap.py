@@ -49,12 +49,12 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .batching import Seed, make_generator, model_outputs, positive_int
+from .batching import Seed, model_outputs, positive_int
 from .explanation import Explanation
-from .features import Features, FeaturesLike, check_counts, resolve
-from .surrogate import (Background, Fitted, Surrogate, coalition_outputs, fit, in_groups,
-                        references, solve_dtype)
-from .targets import Target, check_class_target, check_inputs, pick, resolve_target
+from .features import FeaturesLike
+from .surrogate import (Background, Fitted, coalition_outputs, fit, in_groups, problem,
+                        solve_dtype, surrogate)
+from .targets import Target, check_class_target, check_inputs, pick
 
 __all__ = ["kernel_shap", "shapley_coalitions", "shapley_kernel"]
 
@@ -217,13 +217,9 @@ def kernel_shap(model: Callable[[Tensor], Tensor], inputs: Tensor, *, target: Ta
     check_class_target(target)
     batch_size = positive_int(batch_size, "batch_size")
     n = positive_int(n_samples, "n_samples")
-    generator = make_generator(seed)
-    x = inputs.detach()
-    output = model_outputs(model, x, batch_size)
-    t = resolve_target(target, output)
-    feats: Features = resolve(features, x)
-    check_counts(feats, 1, "Kernel SHAP")
-    refs = references(background, x)
+    p = problem(model, inputs, target, features, background, seed, batch_size, "Kernel SHAP")
+    x, output, t, feats, refs = p.x, p.output, p.target, p.features, p.references
+    generator = p.generator
 
     dtype = solve_dtype(x.device)
     base = model_outputs(model, refs, batch_size).to(dtype).mean(0, keepdim=True)
@@ -238,13 +234,9 @@ def kernel_shap(model: Callable[[Tensor], Tensor], inputs: Tensor, *, target: Ta
                               desc)
         return fit(z, y, w, group.active(), intercept=phi0[rows], total=own[rows] - phi0[rows])
 
-    coef, intercept, score = in_groups(fit_group, feats, min(n, 2 ** min(feats.width, 62)),
-                                       "KernelSHAP")
-    if t.dim() == 1:
-        coef, intercept, score = coef[:, 0], intercept[:, 0], score[:, 0]
-    coef = coef.to(x.dtype)
-    relevance = feats.spread(coef)
+    fitted = surrogate(p, *in_groups(fit_group, feats, min(n, 2 ** min(feats.width, 62)),
+                                     "KernelSHAP"))
+    relevance = feats.spread(fitted.coefficients)
     convergence = relevance.flatten(t.dim()).sum(-1).to(dtype) - (own - phi0).reshape(t.shape)
-    surrogate = Surrogate(feats, coef, intercept.to(x.dtype), score.to(x.dtype))
     return Explanation(relevance, output, t, "KernelSHAP", convergence=convergence.to(x.dtype),
-                       surrogate=surrogate)
+                       surrogate=fitted)

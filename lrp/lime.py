@@ -38,12 +38,12 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from .batching import Seed, make_generator, model_outputs, positive_int
+from .batching import Seed, positive_int
 from .explanation import Explanation
-from .features import Features, FeaturesLike, check_counts, resolve
-from .surrogate import (Background, Fitted, Surrogate, coalition_outputs, fit, in_groups,
-                        references, solve_symmetric)
-from .targets import Target, check_class_target, check_inputs, pick, resolve_target
+from .features import FeaturesLike
+from .surrogate import (Background, Fitted, coalition_outputs, fit, in_groups, problem,
+                        solve_symmetric, surrogate)
+from .targets import Target, check_class_target, check_inputs, pick
 
 __all__ = ["DISTANCES", "SELECTIONS", "lime"]
 
@@ -214,13 +214,9 @@ def lime(model: Callable[[Tensor], Tensor], inputs: Tensor, *, target: Target = 
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if n_features is not None:
         n_features = positive_int(n_features, "n_features")
-    generator = make_generator(seed)
-    x = inputs.detach()
-    output = model_outputs(model, x, batch_size)
-    t = resolve_target(target, output)
-    feats: Features = resolve(features, x)
-    check_counts(feats, 1, "LIME")
-    refs = references(background, x)
+    p = problem(model, inputs, target, features, background, seed, batch_size, "LIME")
+    x, output, t, feats, refs = p.x, p.output, p.target, p.features, p.references
+    generator = p.generator
 
     how = selection
     if how == "auto":
@@ -245,9 +241,5 @@ def lime(model: Callable[[Tensor], Tensor], inputs: Tensor, *, target: Target = 
             w.repeat_interleave(k, 0), chosen.reshape(g * k, -1), alpha=alpha)
         return coef.reshape(g, k, -1), intercept.reshape(g, k), score.reshape(g, k)
 
-    coef, intercept, score = in_groups(fit_group, feats, n, "LIME")
-    if t.dim() == 1:
-        coef, intercept, score = coef[:, 0], intercept[:, 0], score[:, 0]
-    coef = coef.to(x.dtype)
-    surrogate = Surrogate(feats, coef, intercept.to(x.dtype), score.to(x.dtype))
-    return Explanation(feats.spread(coef), output, t, "LIME", surrogate=surrogate)
+    fitted = surrogate(p, *in_groups(fit_group, feats, n, "LIME"))
+    return Explanation(feats.spread(fitted.coefficients), output, t, "LIME", surrogate=fitted)

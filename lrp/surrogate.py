@@ -31,8 +31,8 @@ from .attach import classifier_output, run_model
 from .batching import run_chunked
 from .features import Features
 
-__all__ = ["GROUP_ENTRIES", "Surrogate", "coalition_outputs", "fit", "in_groups", "references",
-           "solve_symmetric"]
+__all__ = ["GROUP_ENTRIES", "Surrogate", "Problem", "coalition_outputs", "fit", "in_groups",
+           "problem", "references", "solve_symmetric", "surrogate"]
 
 Background = Union[None, float, Tensor]
 Fitted = Tuple[Tensor, Tensor, Tensor]
@@ -68,6 +68,45 @@ class Surrogate:
     coefficients: Tensor
     intercept: Tensor
     score: Tensor
+
+
+@dataclass
+class Problem:
+    """What LIME and Kernel SHAP start from: the detached inputs, the model's outputs
+    on them, the resolved targets, the interpretable features, the references of
+    absent features and the random generator."""
+
+    x: Tensor
+    output: Tensor
+    target: Tensor
+    features: Features
+    references: Tensor
+    generator: torch.Generator
+
+
+def problem(model: Callable[[Tensor], Tensor], inputs: Tensor, target, features,
+            background: Background, seed, batch_size: int, method: str) -> Problem:
+    """The :class:`Problem` of explaining ``inputs`` (``method`` names the caller in
+    errors); inputs, target and batch size are checked by the caller first."""
+    from .batching import make_generator, model_outputs
+    from .features import check_counts, resolve
+    from .targets import resolve_target
+    generator = make_generator(seed)
+    x = inputs.detach()
+    output = model_outputs(model, x, batch_size)
+    t = resolve_target(target, output)
+    feats = resolve(features, x)
+    check_counts(feats, 1, method)
+    return Problem(x, output, t, feats, references(background, x), generator)
+
+
+def surrogate(p: Problem, coef: Tensor, intercept: Tensor, score: Tensor) -> Surrogate:
+    """The fitted models in the inputs' dtype, without the target dimension for one
+    target per sample."""
+    if p.target.dim() == 1:
+        coef, intercept, score = coef[:, 0], intercept[:, 0], score[:, 0]
+    dtype = p.x.dtype
+    return Surrogate(p.features, coef.to(dtype), intercept.to(dtype), score.to(dtype))
 
 
 def references(background: Background, x: Tensor) -> Tensor:
