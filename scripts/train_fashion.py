@@ -22,6 +22,8 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -56,10 +58,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tenso
     return torch.cat([model(x[k:k + batch]).argmax(1) for k in range(0, len(x), batch)])
 
 
-def evaluate() -> None:
+def evaluate(load: Callable[[], nn.Module] = load_fashion_model, info: Path = INFO) -> None:
+    """Re-measure shipped weights (``load()``) on the test photos against ``info``'s record."""
     images, labels = load_fashion_mnist("test")
-    accuracy = (predict(load_fashion_model(), prepare_fashion(images)).numpy() == labels).mean()
-    recorded = json.loads(INFO.read_text())["accuracy"]
+    accuracy = (predict(load(), prepare_fashion(images)).numpy() == labels).mean()
+    recorded = json.loads(info.read_text())["accuracy"]
     print(f"shipped weights: test accuracy {accuracy:.4f} on {len(labels)} images "
           f"(recorded: {recorded:.4f})")
 

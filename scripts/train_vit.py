@@ -29,18 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
-from train_fashion import augment, predict  # scripts/ is on sys.path when run as a script
+from train_fashion import augment, evaluate, predict  # scripts/ is on sys.path when run as a script
 
 from lrp.demo.fashion import CLASS_NAMES, MEAN, SAMPLES, SIZE, STD, load_fashion_mnist, prepare_fashion
 from lrp.demo.vit import INFO, WEIGHTS, FashionViT, load_vit_model
-
-
-def evaluate() -> None:
-    images, labels = load_fashion_mnist("test")
-    accuracy = (predict(load_vit_model(), prepare_fashion(images)).numpy() == labels).mean()
-    recorded = json.loads(INFO.read_text())["accuracy"]
-    print(f"shipped weights: test accuracy {accuracy:.4f} on {len(labels)} images "
-          f"(recorded: {recorded:.4f})")
 
 
 def main() -> None:
@@ -53,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.evaluate:
-        evaluate()
+        evaluate(load_vit_model, INFO)
         return
 
     torch.manual_seed(args.seed)
