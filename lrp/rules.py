@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .core import Gradient, Term, rule_output, surrogate_inputs
 from .layers import is_weighted, layer_forward
+from .ops import constant_statistics, identity_output, identity_ratio, surrogate
 
 Params = Dict[str, Optional[Tensor]]
 
@@ -457,7 +458,8 @@ class Pass(Rule):
 
     This is also the identity rule for element-wise activations (sigmoid, tanh,
     GELU, SiLU, softplus, ELU, leaky ReLU): the ratio passed back is
-    ``f(a) / a`` (stabilized) instead of ``f'(a)``.
+    ``f(a) / a`` (stabilized, or in closed form for SiLU and GELU, see
+    :func:`lrp.ops.identity_ratio`) instead of ``f'(a)``.
     """
 
     _fields = ()
@@ -474,7 +476,7 @@ class Pass(Rule):
                 f"{tuple(output.shape)}")
         if a is output or not a.requires_grad:  # e.g. a BatchNorm merged by a canonizer
             return output
-        return rule_output(output, [Term(a)], self.epsilon, recorder)
+        return identity_output(a, output, self.epsilon, recorder, identity_ratio(module))
 
 
 class LayerNormRule(Rule):
@@ -499,10 +501,10 @@ class LayerNormRule(Rule):
         return None
 
     def apply(self, module, inputs, output, prepared, recorder=None):
-        from .ops import constant_statistics
         with constant_statistics():
             z = module.forward(inputs[0])
-        return rule_output(output, [Term(z)], 1e-12, recorder)
+        # z is the output computed as a linear map: LRP-0 is its gradient
+        return surrogate(output, z, recorder)
 
 
 class _GuidedGradient(torch.autograd.Function):
