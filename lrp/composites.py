@@ -625,13 +625,12 @@ def _transformer(name: str, softmax, product, epsilon: float, gamma: Optional[fl
         # sums and norms), where plain Gamma's denominator crosses zero.
         linear_rule: Optional[R.Rule] = R.GeneralizedGamma(gamma, epsilon=max(epsilon, 1e-6))
     else:
-        linear_rule = R.Epsilon(epsilon) if epsilon > 0 else None
+        linear_rule = R.Epsilon(epsilon) if epsilon > 0 else R.Gradient()
     types: List[Tuple[TypeSpec, R.Rule]] = [
         (is_activation_module, R.Pass()),
         (R.NORMALIZATION_LAYERS + (LayerNormalization,), R.LayerNormRule()),
+        ((is_dense,) + Convolution, linear_rule), (LayerNormAffine, linear_rule),
     ]
-    if linear_rule is not None:
-        types += [((is_dense,) + Convolution, linear_rule), (LayerNormAffine, linear_rule)]
     matmul = ops.Uniform()
     return Composite(GlobalTypeMap(types),
                      OpMap({"activation": ops.Identity(), "product": product, "matmul": matmul,
@@ -641,7 +640,7 @@ def _transformer(name: str, softmax, product, epsilon: float, gamma: Optional[fl
                      canonizers=canonizers, name=name if gamma is None else f"{name}(gamma={gamma:g})")
 
 
-def AttnLRP(*, epsilon: float = 1e-6, gamma: Optional[float] = None,
+def AttnLRP(*, epsilon: float = 0.0, gamma: Optional[float] = None,
             canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
     """AttnLRP (Achtibat et al., ICML 2024) for transformers, on any model.
 
@@ -662,8 +661,12 @@ def AttnLRP(*, epsilon: float = 1e-6, gamma: Optional[float] = None,
     Parameters
     ----------
     epsilon
-        Stabilizer of the linear layers' rule; ``0`` leaves them with their plain
-        gradient (LRP-0), which is what LXT's efficient implementation computes.
+        ``0`` (default): linear layers keep their plain gradient
+        (:class:`lrp.rules.Gradient`), which in the ratio form of the engine is LRP-0
+        (no division, so nothing to stabilize) -- what LXT's efficient
+        implementation computes.  ``> 0``: LRP-epsilon on linear
+        layers, which absorbs relevance where ``|z|`` is of the order of ``epsilon``
+        and costs one ratio per layer output (about a fifth more time on a LLaMA).
     gamma
         Generalized LRP-gamma with this parameter on linear layers instead of epsilon.
     canonizers
@@ -673,7 +676,7 @@ def AttnLRP(*, epsilon: float = 1e-6, gamma: Optional[float] = None,
     return _transformer("AttnLRP", ops.Gradient(), ops.Uniform(), epsilon, gamma, canonizers)
 
 
-def CPLRP(*, epsilon: float = 1e-6, gamma: Optional[float] = None,
+def CPLRP(*, epsilon: float = 0.0, gamma: Optional[float] = None,
           canonizers: Optional[Sequence[Canonizer]] = None) -> Composite:
     """CP-LRP (Ali et al., ICML 2022, "XAI for Transformers: better explanations
     through conservative propagation"): as :func:`AttnLRP`, but attention weights and

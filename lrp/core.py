@@ -100,6 +100,8 @@ class Gradient:
     """
 
     vmap_safe: bool = False
+    #: Whether :meth:`backward` uses ``rectified`` (else the graph is not inspected).
+    uses_rectified: bool = False
 
     def forward(self, z: Tensor, outputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         raise NotImplementedError
@@ -238,6 +240,10 @@ def rule_output(
     """
     if gradient is None:
         gradient = TermGradient(terms, epsilon)
+    elif gradient.uses_rectified:
+        trace = active_trace()
+        if trace is not None:
+            trace.rectified = True
     return _RuleGradient.apply([z.detach()], gradient, recorder, *[t.output for t in terms])
 
 
@@ -291,6 +297,8 @@ class Trace:
     sinks: list = field(default_factory=list)
     calls: list = field(default_factory=list)
     record: Optional[Callable[[str], Optional[Callable[[Tensor], None]]]] = None
+    #: Whether a rule of the forward uses ``rectified`` (see :func:`mark_rectified`).
+    rectified: bool = False
 
     def is_input(self, tensor: Tensor) -> bool:
         return any(tensor is t for t in self.inputs)

@@ -48,13 +48,13 @@ def _finish_forward(output: Tensor, trace: Trace, auditor: Optional[Auditor],
                     attachment: Attachment, audit: str) -> Optional[AuditReport]:
     """After the forward: refuse a composite that applied no rule at all (while it has
     module primitives: they do not fit the model), flag the rectified rule nodes (one
-    walk over the graph) and, with an ``auditor``, report the operations no rule
+    walk over the graph, when a rule uses the flag) and, with an ``auditor``, report the operations no rule
     covers as ``audit`` says."""
     composite = attachment.composite
     if (not trace.calls and len(composite.op_maps) < len(composite.primitives)):
         raise ValueError(f"{composite.name} assigns no rule to any module or operation of "
                          f"{type(attachment.model).__name__}")
-    if output.grad_fn is not None:
+    if output.grad_fn is not None and trace.rectified:
         mark_rectified(output.grad_fn)
     if auditor is None:
         return None

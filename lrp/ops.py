@@ -241,7 +241,8 @@ def identity_ratio(fn: Any, args: tuple = (), kwargs: Optional[dict] = None
                    ) -> Optional[Callable[[Tensor], Tensor]]:
     """``x -> f(x) / x`` in closed form for the activation ``fn`` (a function called
     with ``args`` and ``kwargs``, or a module), or ``None`` when there is none cheaper than the
-    division: SiLU's is ``sigmoid(x)``, exact GELU's the normal CDF ``Phi(x)``.  One
+    division: SiLU's is ``sigmoid(x)``, exact GELU's the normal CDF ``Phi(x)`` (also
+    for Hugging Face's ``SiLUActivation`` and ``GELUActivation``).  One
     kernel instead of four, and the true limit at ``x = 0``."""
     if fn is F.silu or isinstance(fn, nn.SiLU):
         return torch.sigmoid
@@ -249,6 +250,11 @@ def identity_ratio(fn: Any, args: tuple = (), kwargs: Optional[dict] = None
         return _gelu_ratio(args[1] if len(args) > 1 else (kwargs or {}).get("approximate", "none"))
     if isinstance(fn, nn.GELU):
         return _gelu_ratio(fn.approximate)
+    if isinstance(fn, nn.Module) and type(fn).__module__ == "transformers.activations":
+        # Hugging Face's classes of F.silu and exact GELU (matched by name: transformers
+        # is not imported here)
+        return {"SiLUActivation": torch.sigmoid,
+                "GELUActivation": torch.special.ndtr}.get(type(fn).__name__)
     return None
 
 
@@ -655,6 +661,10 @@ class OpTable:
         self.entries = list(entries)
         self.names = names
         self._cache: Dict[Tuple[Any, int], Optional[OpRule]] = {}
+        kinds = {key for mapping, _ in self.entries for key in mapping if isinstance(key, str)}
+        #: Every function some entry may give a rule to (others need no lookup).
+        self.functions = {fn for fn, kind in KINDS.items() if kind in kinds} | {
+            key for mapping, _ in self.entries for key in mapping if not isinstance(key, str)}
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -695,6 +705,6 @@ class OpTable:
 __all__ = [
     "OpRule", "Identity", "Uniform", "Gate", "Gradient", "Constant", "Normalizer",
     "Guided", "Attention", "OpTable", "KINDS", "kind_of", "scale_gradient", "surrogate",
-    "carries", "identity_ratio", "identity_output", "ACTIVATION_MODULES", "is_activation_module", "mark_activation",
-    "is_activation_output",
+    "carries", "identity_ratio", "identity_output", "ACTIVATION_MODULES",
+    "is_activation_module", "mark_activation", "is_activation_output",
 ]

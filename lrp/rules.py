@@ -28,7 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .core import Gradient, Term, rule_output, surrogate_inputs
+from .core import Gradient as _RuleGradient
+from .core import Term, rule_output, surrogate_inputs
 from .layers import is_weighted, layer_forward
 from .ops import constant_statistics, identity_output, identity_ratio, surrogate
 
@@ -315,7 +316,7 @@ class GeneralizedGamma(BasicRule):
         return rule_output(output, terms, self.epsilon, recorder, gradient)
 
 
-class _SignedGammaGradient(Gradient):
+class _SignedGammaGradient(_RuleGradient):
     """Generalized gamma for a non-negative input, from one extra forward ``up``.
 
     With ``a >= 0``: ``up >= z`` (so ``stab(up) = up + eps`` wherever ``z > 0``), and
@@ -328,6 +329,8 @@ class _SignedGammaGradient(Gradient):
     The forward keeps ``factor = z / (up+ + eps)``: the up-term factor where ``z > 0``,
     finite everywhere, with the sign of ``z``, and ``z`` is recovered from it.
     """
+
+    uses_rectified = True
 
     def __init__(self, gamma: float, epsilon: float):
         self.gamma = gamma
@@ -453,6 +456,25 @@ class ZBox(BasicRule):
         return [Term(z)]
 
 
+class Gradient(Rule):
+    """The module's own gradient.  On a linear layer (dense, convolution) that is
+    LRP-0 in the engine's ratio form, at no cost: no ratio, no extra forward.
+
+    It differs from :class:`Zero` only where an output is exactly zero: Zero's
+    ``0/0 := 0`` passes nothing back there, the gradient passes ``W^T g`` on, whose
+    relevance sums to zero over the inputs.  The transformer presets use it on linear
+    layers, as LXT's efficient implementation does.
+    """
+
+    _fields = ()
+
+    def prepare(self, module, params):
+        return None
+
+    def apply(self, module, inputs, output, prepared, recorder=None):
+        return output if recorder is None else surrogate(output, output, recorder)
+
+
 class Pass(Rule):
     """Pass-through: ``R_in = R_out`` for shape-preserving modules.
 
@@ -532,7 +554,7 @@ class GuidedBackprop(Rule):
 
 
 __all__ = [
-    "Rule", "BasicRule", "Zero", "Epsilon", "Norm", "Gamma", "AlphaBeta", "ZPlus",
+    "Rule", "BasicRule", "Gradient", "Zero", "Epsilon", "Norm", "Gamma", "AlphaBeta", "ZPlus",
     "GeneralizedGamma", "Flat", "WSquare", "ZBox", "Pass", "LayerNormRule",
     "GuidedBackprop",
 ]

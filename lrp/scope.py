@@ -156,6 +156,19 @@ class Scope:
         _uninstall()
 
     @property
+    def ops(self) -> Any:
+        """The op rules (see :class:`lrp.ops.OpTable`), or ``None``."""
+        return self._ops
+
+    @ops.setter
+    def ops(self, ops: Any) -> None:
+        self._ops = ops
+        # functions that may need more than running as they are (None: any function)
+        functions = getattr(ops, "functions", None)
+        self._special = (None if ops is not None and functions is None
+                         else _ALWAYS_SPECIAL | set(functions or ()))
+
+    @property
     def rules(self) -> Dict[nn.Module, Bound]:
         """Module rules by module."""
         return self._rules
@@ -244,6 +257,9 @@ class Scope:
 
     # -- operations (from the torch-function mode) ---------------------------------
     def _operation(self, func, args: tuple, kwargs: dict, frame: _Frame):
+        if (self._special is not None and func not in self._special and not frame.ruled
+                and self.op_observer is None and not _has_parameter(args, kwargs)):
+            return func(*args, **kwargs)  # nothing to do: the common case, kept cheap
         module = frame.stack[-1] if frame.stack else None
         if func is _BATCH_NORM and module in self.substitution.identity:
             return args[0]  # fused into the preceding layer: skip the work
@@ -303,12 +319,12 @@ class Scope:
         changed = False
         new_args = list(args)
         for i, a in enumerate(args):
-            if isinstance(a, nn.Parameter):
+            if _is_parameter(a):
                 new_args[i] = a.detach()
                 changed = True
         new_kwargs = kwargs
         for k, v in kwargs.items():
-            if isinstance(v, nn.Parameter):
+            if _is_parameter(v):
                 if new_kwargs is kwargs:
                     new_kwargs = dict(kwargs)
                 new_kwargs[k] = v.detach()
@@ -357,6 +373,17 @@ _LAYER_FUNCTIONS = {
 }
 
 _BATCH_NORM = torch.nn.functional.batch_norm
+_ALWAYS_SPECIAL = frozenset(_LAYER_FUNCTIONS | {_BATCH_NORM})
+
+
+def _is_parameter(a: Any) -> bool:
+    # ``type`` first: isinstance on Parameter goes through a Python-level metaclass check
+    return type(a) is nn.Parameter or (isinstance(a, Tensor) and type(a) is not Tensor
+                                       and isinstance(a, nn.Parameter))
+
+
+def _has_parameter(args: tuple, kwargs: dict) -> bool:
+    return any(_is_parameter(a) for a in args) or any(_is_parameter(v) for v in kwargs.values())
 
 _INPLACE: Dict[Any, Optional[int]] = {}
 

@@ -392,6 +392,18 @@ def test_zero_rule_zero_over_zero_is_zero():
     assert_agree(e.relevance[0], x[0] * layer.weight[0].detach())   # R = logit: R_j = W_0j x_j
 
 
+@pytest.mark.parametrize("layer_name", ["linear", "conv-pad1-stride2"])
+def test_gradient_rule_is_lrp0_from_the_dense_formula(layer_name):
+    """rules.Gradient (the layer's own gradient) is LRP-0 wherever no output is zero, and
+    the recorded relevance at the layer's output is the seeded one."""
+    layer, in_shape = make_layer(layer_name, 3)
+    x, Rout = draw_case(layer, in_shape, "mixed", 4)
+    e = library_relevance(model_of(layer), x, R.Gradient(), Rout, record=["0"])
+    assert_agree(e.relevance, oracle_basic(dense_of(layer, in_shape), x.flatten(1), Rout)
+                 .reshape(x.shape))
+    assert_agree(e.layer_relevance["0"].flatten(1), Rout)
+
+
 # ----------------------------------------------------------------------------------------
 # ZBox bounds
 # ----------------------------------------------------------------------------------------

@@ -311,8 +311,10 @@ def test_explain_accepts_structured_outputs(returns):
 
 def test_presets_print_their_rules():
     text = AttnLRP().tree(build("llama"))
-    assert "-> Epsilon(epsilon=1e-06)" in text and "SiLUActivation()  -> Pass()" in text
+    assert "-> Gradient()" in text and "Epsilon" not in text  # LRP-0 as the plain gradient
+    assert "SiLUActivation()  -> Pass()" in text
     assert "softmax -> Gradient()" in text and "matmul -> Uniform()" in text
+    assert "-> Epsilon(epsilon=1e-06)" in AttnLRP(epsilon=1e-6).tree(build("llama"))
     cp = CPLRP(gamma=0.25).tree(build("gpt2"))
     assert "Conv1D" in cp and "-> GeneralizedGamma(gamma=0.25" in cp and "softmax -> Constant()" in cp
 
