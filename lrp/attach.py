@@ -29,6 +29,9 @@ def bind_rules(modules: Mapping[str, nn.Module], mapping: Mapping[str, Rule],
     bound: Dict[nn.Module, Bound] = {}
     for name, rule in mapping.items():
         module = modules[name]
+        if rule.passive:  # nothing to prepare
+            bound[module] = Bound(name, rule, None)
+            continue
         params = subs.get(module)
         if params is not None:
             key = VersionKey(params["weight"], params["bias"], *_settings(rule))

@@ -299,6 +299,10 @@ class Trace:
     record: Optional[Callable[[str], Optional[Callable[[Tensor], None]]]] = None
     #: Whether a rule of the forward uses ``rectified`` (see :func:`mark_rectified`).
     rectified: bool = False
+    #: Number of rule applications in the forward.
+    fired: int = 0
+    #: Whether each rule application is kept in ``calls`` (for the coverage audit).
+    audited: bool = True
 
     def is_input(self, tensor: Tensor) -> bool:
         return any(tensor is t for t in self.inputs)

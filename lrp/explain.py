@@ -51,7 +51,8 @@ def _finish_forward(output: Tensor, trace: Trace, auditor: Optional[Auditor],
     walk over the graph, when a rule uses the flag) and, with an ``auditor``, report the operations no rule
     covers as ``audit`` says."""
     composite = attachment.composite
-    if (not trace.calls and len(composite.op_maps) < len(composite.primitives)):
+    passive = any(getattr(r, "passive", False) for r in (attachment.mapping or {}).values())
+    if not trace.fired and not passive and len(composite.op_maps) < len(composite.primitives):
         raise ValueError(f"{composite.name} assigns no rule to any module or operation of "
                          f"{type(attachment.model).__name__}")
     if output.grad_fn is not None and trace.rectified:
@@ -133,7 +134,7 @@ def explain(
     selector, output = output, None
     x = inputs.detach().clone().requires_grad_(True)
     records: Dict[str, List[Tensor]] = {}
-    trace = Trace(inputs=[x])
+    trace = Trace(inputs=[x], audited=audit != "off")
     wanted = set(record)
     if wanted or layer_sums:
         def recorder(name: str):

@@ -72,6 +72,9 @@ class Rule:
 
     #: Parameters shown by ``repr``; subclasses list their constructor arguments.
     _fields: Sequence[str] = ()
+    #: Whether the rule leaves the module's gradient as it is: then a forward skips it
+    #: unless its relevance is recorded or an observer (the audit) sees the calls.
+    passive: bool = False
 
     def supports(self, module: nn.Module) -> bool:
         """Whether the rule can be attached to ``module``."""
@@ -467,6 +470,7 @@ class Gradient(Rule):
     """
 
     _fields = ()
+    passive = True
 
     def prepare(self, module, params):
         return None

@@ -37,6 +37,8 @@ from torch import Tensor, nn
 from torch.nn.modules import module as _module
 from torch.overrides import TorchFunctionMode
 
+from .core import RuleCall
+from .core import active_trace as _active_trace
 from .ops import is_activation_module, mark_activation
 
 #: ``observer(module, args, output) -> replacement or None``, called after the rule.
@@ -106,6 +108,9 @@ class _Frame(threading.local):
         self.ruled = 0
         self.suspended = False  # while the scope's own rules compute
         self.mode: Optional["_ScopeMode"] = None
+        # the rules this forward applies and the ruled layers by weight (see _enter)
+        self.rules: Dict[nn.Module, Bound] = {}
+        self.owners: Dict[int, nn.Module] = {}
 
 
 class Scope:
@@ -176,12 +181,10 @@ class Scope:
     @rules.setter
     def rules(self, rules: Dict[nn.Module, Bound]) -> None:
         self._rules = rules
-        # weights of ruled layers: a layer used functionally (``F.linear(x,
-        # layer.weight, layer.bias)``, as attention blocks do with their projections)
-        # still gets its rule
-        self._owners = {id(m._parameters["weight"]): m for m in rules
-                        if isinstance(m._parameters.get("weight") if hasattr(m, "_parameters")
-                                      else None, nn.Parameter)}
+        # Passive rules (the module's own gradient) change nothing unless their
+        # relevance is recorded or the calls are observed: forwards skip them then.
+        self._active = {m: b for m, b in rules.items() if not getattr(b.rule, "passive", False)}
+        self._owners_all, self._owners_active = _owners(rules), _owners(self._active)
 
     def add_member(self, module: nn.Module) -> None:
         """Make ``module`` (not part of the model) subject to this scope."""
@@ -204,10 +207,14 @@ class Scope:
         if not frame.stack:
             if self.on_enter is not None:
                 self.on_enter(module, args)
+            trace = _active_trace()
+            everything = bool(self.observers) or (trace is not None and trace.record is not None)
+            frame.rules = self._rules if everything else self._active
+            frame.owners = self._owners_all if everything else self._owners_active
             frame.mode = _ScopeMode(self, frame)
             frame.mode.__enter__()
         frame.stack.append(module)
-        if module in self.rules:
+        if module in frame.rules:
             frame.ruled += 1
 
     def _leave(self, module: nn.Module, args: tuple, kwargs: dict, output):
@@ -216,7 +223,7 @@ class Scope:
             return None
         while frame.stack:
             top = frame.stack.pop()
-            if top in self.rules:
+            if top in frame.rules:
                 frame.ruled -= 1
             if top is module:
                 break
@@ -242,7 +249,7 @@ class Scope:
             replaced = output = args[0]
         elif module in sub.replace:
             replaced = output = sub.replace[module](*args)
-        bound = self.rules.get(module)
+        bound = self._frame.rules.get(module)
         if bound is not None and torch.is_grad_enabled() and isinstance(output, Tensor):
             replaced = output = bound.rule.apply(module, args, output, bound.prepared,
                                                  _recorder(bound.name))
@@ -284,10 +291,10 @@ class Scope:
     def _functional_layer(self, func, args: tuple, kwargs: dict, frame: _Frame):
         """The ruled layer whose weight a functional layer call uses outside the layer's
         own forward (``F.linear(x, self.proj.weight, ...)``), or ``None``."""
-        if func not in _LAYER_FUNCTIONS or not self._owners or frame.ruled:
+        if func not in _LAYER_FUNCTIONS or not frame.owners or frame.ruled:
             return None
         weight = args[1] if len(args) > 1 else kwargs.get("weight")
-        owner = self._owners.get(id(weight)) if isinstance(weight, nn.Parameter) else None
+        owner = frame.owners.get(id(weight)) if isinstance(weight, nn.Parameter) else None
         if owner is None or owner in frame.stack or not torch.is_grad_enabled():
             return None
         return owner
@@ -295,7 +302,7 @@ class Scope:
     def _functional_rule(self, owner: nn.Module, func, args: tuple, kwargs: dict):
         """``owner``'s rule on a functional call of its layer function."""
         out = func(*args, **kwargs)
-        bound = self.rules[owner]
+        bound = self._frame.rules[owner]
         x = args[0]
         bias = args[2] if len(args) > 2 else kwargs.get("bias")
         if not isinstance(x, Tensor) or not x.requires_grad:
@@ -338,7 +345,7 @@ class Scope:
                     new_kwargs = dict(kwargs)
                 new_kwargs["bias"] = subs["bias"]
             changed = True
-        if frame.ruled and frame.stack and frame.stack[-1] in self.rules:
+        if frame.ruled and frame.stack and frame.stack[-1] in frame.rules:
             position = _inplace_position(func)
             if position is not None:
                 if position < len(new_args) and new_args[position] is True:
@@ -351,19 +358,28 @@ class Scope:
 
 
 def _recorder(name: str):
-    from .core import active_trace
-    trace = active_trace()
+    trace = _active_trace()
     return trace.record(name) if trace is not None and trace.record else None
 
 
 def _register_call(name: str, output: Tensor, args: tuple) -> None:
     """Tell the active trace that a rule produced ``output`` from ``args`` (the graph
     between them is covered, for the audit)."""
-    from .core import RuleCall, active_trace
-    trace = active_trace()
+    trace = _active_trace()
     if trace is not None:
-        trace.calls.append(RuleCall(name, output.grad_fn, tuple(
-            t.grad_fn for t in walk_tensors(args) if t.grad_fn is not None)))
+        trace.fired += 1
+        if trace.audited:
+            trace.calls.append(RuleCall(name, output.grad_fn, tuple(
+                t.grad_fn for t in walk_tensors(args) if t.grad_fn is not None)))
+
+
+def _owners(rules: Dict[nn.Module, Bound]) -> Dict[int, nn.Module]:
+    """Ruled layers by the id of their weight: a layer used functionally
+    (``F.linear(x, layer.weight, layer.bias)``, as attention blocks do with their
+    projections) still gets its rule."""
+    return {id(m._parameters["weight"]): m for m in rules
+            if isinstance(m._parameters.get("weight") if hasattr(m, "_parameters") else None,
+                          nn.Parameter)}
 
 
 _LAYER_FUNCTIONS = {

@@ -99,6 +99,36 @@ def test_identity_rule_on_functional_activation(fn):
     torch.testing.assert_close(e.relevance, lrp0(x, model.fc.weight, r_h))
 
 
+@pytest.mark.parametrize("fn, kwargs", [
+    (F.silu, {}), (F.gelu, {}), (F.gelu, {"approximate": "none"}), (nn.SiLU(), {}),
+    (nn.GELU(), {})], ids=["silu", "gelu", "gelu-none", "SiLU", "GELU"])
+def test_identity_ratio_closed_forms_are_the_division(fn, kwargs):
+    """The closed forms of f(x) / x (sigmoid, normal CDF) against the division itself."""
+    x = torch.linspace(-6, 6, 1001, dtype=DT)
+    x = x[x != 0]
+    ratio = ops.identity_ratio(fn, (), kwargs)
+    torch.testing.assert_close(ratio(x), fn(x, **kwargs) / x, rtol=1e-12, atol=1e-15)
+    assert ratio(torch.zeros(1, dtype=DT)).item() == 0.5  # the limit f'(0), not 0 / eps
+
+
+def test_identity_ratio_only_where_exact():
+    """No closed form for the tanh approximation of GELU (given by keyword or position)
+    or for activations without one: those divide."""
+    assert ops.identity_ratio(F.gelu, (), {"approximate": "tanh"}) is None
+    assert ops.identity_ratio(F.gelu, (torch.ones(1), "tanh"), {}) is None
+    assert ops.identity_ratio(nn.GELU(approximate="tanh")) is None
+    assert ops.identity_ratio(torch.tanh) is None and ops.identity_ratio(nn.Sigmoid()) is None
+
+
+def test_hugging_face_activation_classes_get_their_closed_forms():
+    from transformers import activations  # the test extra installs it
+    x = torch.linspace(-4, 4, 9, dtype=DT) + 0.05
+    for name in ("SiLUActivation", "GELUActivation"):
+        module = getattr(activations, name)()
+        torch.testing.assert_close(ops.identity_ratio(module)(x), module(x) / x)
+    assert ops.identity_ratio(activations.NewGELUActivation()) is None
+
+
 def test_activation_module_and_function_agree():
     functional = Activation(torch.tanh)
     modular = nn.Sequential(functional.fc, nn.Tanh(), functional.out)

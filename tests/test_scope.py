@@ -290,3 +290,64 @@ def test_model_returning_a_tuple_is_audited_by_innermost_module():
     with pytest.warns(UserWarning, match="Exp in inner"):
         e = lrp.explain(Outer().eval(), torch.randn(2, 4), EpsilonPlus())
     assert [str(f) for f in e.audit.uncovered] == ["Exp in inner"]
+
+
+class _TaggedParameter(nn.Parameter):
+    """A Parameter subclass (as quantization libraries define): still a constant."""
+
+
+def test_parameter_subclasses_are_constants_in_the_scope():
+    """Parameters are found by type (a fast check), subclasses too, also in operations
+    no rule concerns: ``exp(p)`` is a constant, so the product below has one
+    relevance-carrying operand and keeps its full gradient (the uniform rule would
+    halve it if ``exp(p)`` carried the input)."""
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3).double()
+            self.p = _TaggedParameter(torch.tensor([0.5, -2.0, 0.3], dtype=torch.float64))
+
+        def forward(self, x):
+            return (self.fc(x) + self.p) * torch.exp(self.p)
+
+    model = Scale()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    e = lrp.explain(model, x, lrp.composites.AttnLRP(), target=1, audit="strict")
+    w, p = model.fc.weight.detach(), model.p.detach()
+    torch.testing.assert_close(e.relevance, x * w[1] * torch.exp(p[1]))  # LRP-0: R_j = x_j W_1j e^p
+
+
+def test_passive_rules_are_skipped_unless_recorded_or_audited():
+    """rules.Gradient changes nothing, so forwards skip it -- but it still applies where
+    its relevance is recorded or the audit watches the calls, with the same result."""
+    from lrp import rules as R
+    from lrp.composites import Composite, GlobalTypeMap
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    composite = Composite(GlobalTypeMap([(nn.Linear, R.Gradient()), (nn.Tanh, R.Pass())]))
+    applied = []
+    original = R.Gradient.apply
+
+    def counting(self, *args, **kwargs):
+        applied.append(1)
+        return original(self, *args, **kwargs)
+
+    R.Gradient.apply = counting
+    try:
+        plain = lrp.explain(model, x, composite, target=0, audit="off")
+        assert applied == []
+        recorded = lrp.explain(model, x, composite, target=0, audit="off", record=["2"])
+        assert len(applied) == 2
+        audited = lrp.explain(model, x, composite, target=0, audit="strict")
+        assert len(applied) == 4 and audited.audit.ok
+    finally:
+        R.Gradient.apply = original
+    for e in (recorded, audited):
+        torch.testing.assert_close(e.relevance, plain.relevance)
+    # relevance at the last layer's output is the explained logit
+    torch.testing.assert_close(recorded.layer_relevance["2"][:, 0], plain.output[:, 0])
+    # Pass on tanh: the identity rule, so LRP-0 through both layers is x_j W1_ij tanh(h_i)/h_i W2_0i
+    h = model[0](x).detach()
+    w2 = model[2].weight.detach()[0]
+    expected = x * ((torch.tanh(h) / h * w2) @ model[0].weight.detach())
+    torch.testing.assert_close(plain.relevance, expected)
