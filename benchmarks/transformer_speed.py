@@ -47,8 +47,8 @@ from results import write_section  # noqa: E402
 from speed import paired, peak_mb  # noqa: E402
 
 #: Our methods per model; LXT's recipes per model (its rule names, see lxt_side.py).
-OURS = {"llama": ["AttnLRP", "AttnLRP(epsilon=0)", "CPLRP(epsilon=0)"],
-        "vit": ["AttnLRP", "AttnLRP(epsilon=0)", "CPLRP(epsilon=0)", "CPLRP(epsilon=0, gamma=0.25)"]}
+OURS = {"llama": ["AttnLRP", "AttnLRP(epsilon=1e-6)", "CPLRP"],
+        "vit": ["AttnLRP", "AttnLRP(epsilon=1e-6)", "CPLRP", "CPLRP(gamma=0.25)"]}
 LXT = {"llama": [("attnLRP", {"rule": "attnlrp"}), ("cp_LRP", {"rule": "cplrp"})],
        "vit": [("cp_LRP", {"rule": "cplrp"}), ("cp_LRP + zennit Gamma 0.25", {"rule": "cplrp",
                                                                           "gamma": 0.25})]}
@@ -57,9 +57,9 @@ LXT = {"llama": [("attnLRP", {"rule": "attnlrp"}), ("cp_LRP", {"rule": "cplrp"})
 def composite(method: str):
     from lrp.composites import CPLRP, AttnLRP
     return {"AttnLRP": lambda: AttnLRP(),
-            "AttnLRP(epsilon=0)": lambda: AttnLRP(epsilon=0.0),
-            "CPLRP(epsilon=0)": lambda: CPLRP(epsilon=0.0),
-            "CPLRP(epsilon=0, gamma=0.25)": lambda: CPLRP(epsilon=0.0, gamma=0.25)}[method]()
+            "AttnLRP(epsilon=1e-6)": lambda: AttnLRP(epsilon=1e-6),
+            "CPLRP": lambda: CPLRP(),
+            "CPLRP(gamma=0.25)": lambda: CPLRP(gamma=0.25)}[method]()
 
 
 def gradient_pass(name: str, model: nn.Module, x: Tensor, target: Tensor) -> Callable[[], Tensor]:
@@ -73,7 +73,9 @@ def gradient_pass(name: str, model: nn.Module, x: Tensor, target: Tensor) -> Cal
             with torch.no_grad():
                 embeds = model.get_input_embeddings()(x)
             xg = embeds.requires_grad_(True)
-            chosen = tm.logits_of(model(inputs_embeds=xg))[:, -1].gather(1, target[:, None])
+            # no key/value cache, as explain_tokens and LXT's baseline
+            chosen = tm.logits_of(model(inputs_embeds=xg, use_cache=False))[:, -1].gather(
+                1, target[:, None])
         return torch.autograd.grad(chosen.sum(), xg)[0]
     return run
 

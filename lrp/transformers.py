@@ -10,6 +10,7 @@ patched, and ``transformers`` is not imported by this module (any model with
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence, Union
 
 import torch
@@ -75,6 +76,14 @@ class _Selector:
         return logits
 
 
+def _takes(model: nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` has a parameter ``name``."""
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def explain_tokens(model: nn.Module, input_ids: Tensor, composite: Optional[Composite] = None,
                    target: Ids = None, position: int = -1,
                    attention_mask: Optional[Tensor] = None, contrast: Ids = None, *,
@@ -109,7 +118,9 @@ def explain_tokens(model: nn.Module, input_ids: Tensor, composite: Optional[Comp
     audit
         As for :func:`lrp.explain`.
     model_kwargs
-        Further keyword arguments for the model.
+        Further keyword arguments for the model (``use_cache=False`` is passed to
+        models that take it, unless given here: an explanation needs no key/value
+        cache).
 
     Returns
     -------
@@ -147,6 +158,8 @@ def explain_tokens(model: nn.Module, input_ids: Tensor, composite: Optional[Comp
         embeds = embedding(input_ids.to(next(embedding.parameters()).device))
     kwargs = dict(model_kwargs or {})
     kwargs["inputs_embeds"] = INPUT
+    if _takes(model, "use_cache"):
+        kwargs.setdefault("use_cache", False)  # no key/value cache to build and keep
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask.to(embeds.device)
     selector = _Selector(_positions(position, batch, length, attention_mask, embeds.device),

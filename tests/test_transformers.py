@@ -273,6 +273,23 @@ def test_explain_tokens_targets_positions_and_contrast():
         model, ids, AttnLRP(), target=9, position=2).relevance)
 
 
+def test_explain_tokens_builds_no_key_value_cache():
+    """A causal LM is explained with use_cache=False (nothing to build or keep), unless
+    the caller says otherwise; the relevance is the same either way."""
+    model = build("llama")
+    ids = torch.randint(3, V, (2, 5), generator=torch.Generator().manual_seed(4))
+    seen = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("use_cache")), with_kwargs=True)
+    try:
+        plain = explain_tokens(model, ids, AttnLRP())
+        cached = explain_tokens(model, ids, AttnLRP(), model_kwargs={"use_cache": True})
+    finally:
+        hook.remove()
+    assert seen == [False, True]
+    torch.testing.assert_close(plain.relevance, cached.relevance)
+
+
 def test_explain_tokens_errors():
     model = build("bert")
     with pytest.raises(TypeError, match="integer tensor"):
