@@ -21,8 +21,8 @@ skips that).  Each LXT rule is compared where LXT 2.1 has it: its ``attnLRP`` an
 ``cp_LRP`` patch maps for LLaMA, Qwen2, Gemma3 and GPT-2, ``attnLRP`` for BERT,
 ``cp_LRP`` for the ViT, and its ViT recipe with zennit's Gamma on ``Conv2d`` and
 ``Linear`` (LXT's ``examples/vit_torch.py``).  LXT's efficient rules leave linear
-layers with their plain gradient, so lrp runs ``AttnLRP(epsilon=0)`` and
-``CPLRP(epsilon=0)``.
+layers with their plain gradient, as lrp's presets ``AttnLRP()`` and ``CPLRP()`` do
+by default (``epsilon=0``: :class:`lrp.rules.Gradient`).
 
 Reported per model and rule: the maximum relative difference ``max|ours - LXT| /
 max|LXT|`` of the relevance at the input embeddings (pixels), the smallest cosine of
@@ -61,10 +61,10 @@ LXT_RULES = {"llama": ["attnlrp", "cplrp"], "qwen2": ["attnlrp", "cplrp"],
              "vit": ["cplrp", "gamma"]}
 OTHER_MODELS = ["mistral", "phi3", "roberta", "distilbert", "t5-encoder", "torch-encoder"]
 GAMMA = 0.25
-RULE_NAMES = {"attnlrp": "AttnLRP(epsilon=0)", "cplrp": "CPLRP(epsilon=0)",
-              "gamma": f"CPLRP(epsilon=0, gamma={GAMMA})",
-              "gamma-generalized": f"CPLRP(epsilon=0) + GeneralizedGamma({GAMMA})",
-              "gamma-as-lxt": f"CPLRP(epsilon=0) + GeneralizedGamma({GAMMA}), out_proj LRP-0"}
+RULE_NAMES = {"attnlrp": "AttnLRP()", "cplrp": "CPLRP()",
+              "gamma": f"CPLRP(gamma={GAMMA})",
+              "gamma-generalized": f"CPLRP() + GeneralizedGamma({GAMMA})",
+              "gamma-as-lxt": f"CPLRP() + GeneralizedGamma({GAMMA}), out_proj LRP-0"}
 #: Variants of lrp's gamma preset that isolate its two differences to LXT's ViT recipe.
 GAMMA_VARIANTS = ["gamma-generalized", "gamma-as-lxt"]
 BATCH, LENGTH, IMAGE = 2, 10, 32
@@ -107,11 +107,11 @@ def make_case(name: str, bias_free: bool = False, seed: int = 0) -> dict:
 def lrp_composite(rule: str, gamma: float = GAMMA):
     from lrp.composites import CPLRP, AttnLRP
     if rule == "attnlrp":
-        return AttnLRP(epsilon=0.0)
+        return AttnLRP()
     if rule == "cplrp":
-        return CPLRP(epsilon=0.0)
+        return CPLRP()
     if rule == "gamma":
-        return CPLRP(epsilon=0.0, gamma=gamma)
+        return CPLRP(gamma=gamma)
     if rule in GAMMA_VARIANTS:
         return generalized_gamma(gamma, out_proj_gamma=rule == "gamma-generalized")
     raise KeyError(rule)
@@ -127,7 +127,7 @@ def generalized_gamma(gamma: float, out_proj_gamma: bool):
     items = [((nn.Conv2d, nn.Linear), GeneralizedGamma(gamma, epsilon=1e-6))]
     if not out_proj_gamma:  # the first match wins
         items.insert(0, (nn.modules.linear.NonDynamicallyQuantizableLinear, Epsilon(0.0)))
-    return Composite(*CPLRP(epsilon=0.0).primitives, GlobalTypeMap(items),
+    return Composite(*CPLRP().primitives, GlobalTypeMap(items),
                      name=RULE_NAMES["gamma" if out_proj_gamma else "gamma-as-lxt"])
 
 
@@ -321,8 +321,9 @@ def token_hits(model: nn.Module, data: Dict[str, Tensor], tmp: str,
         return float((tokens.masked_fill(mask == 0, -torch.inf).argmax(1) == position).double().mean())
 
     results = []
-    for label, composite in (("lrp AttnLRP(epsilon=0)", AttnLRP(epsilon=0.0)),
-                             ("lrp AttnLRP()", AttnLRP()), ("gradient x input", None)):
+    for label, composite in (("lrp AttnLRP()", AttnLRP()),
+                             ("lrp AttnLRP(epsilon=1e-6)", AttnLRP(epsilon=1e-6)),
+                             ("gradient x input", None)):
         e = explain_tokens(model, data["input_ids"], composite, target=labels,
                            attention_mask=mask, audit="off")
         results.append((label, hit_rate(e.tokens)))
