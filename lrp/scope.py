@@ -435,11 +435,26 @@ class _ScopeMode(TorchFunctionMode):
         self.frame = frame
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        # Called for every operation of the model's forward: the common case (no rule,
+        # substitution or observer concerns it, no parameter among its arguments) is
+        # decided here, without further calls.
+        frame, scope = self.frame, self.scope
+        special = scope._special
+        if (special is not None and func not in special and not frame.ruled
+                and not frame.suspended and scope.op_observer is None):
+            for a in args:
+                if type(a) is not Tensor and _is_parameter(a):
+                    break
+            else:
+                if not kwargs:
+                    return func(*args)
+                if not any(_is_parameter(v) for v in kwargs.values()):
+                    return func(*args, **kwargs)
         kwargs = kwargs or {}
-        if (self.frame.suspended or func in _TRIVIAL
+        if (frame.suspended or func in _TRIVIAL
                 or getattr(func, "__name__", None) == "__get__"):
             return func(*args, **kwargs)
-        return self.scope._operation(func, args, kwargs, self.frame)
+        return scope._operation(func, args, kwargs, frame)
 
 
 def current_scope(module: nn.Module) -> Optional[Scope]:
