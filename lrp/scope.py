@@ -111,6 +111,7 @@ class _Frame(threading.local):
         # the rules this forward applies and the ruled layers by weight (see _enter)
         self.rules: Dict[nn.Module, Bound] = {}
         self.owners: Dict[int, nn.Module] = {}
+        self.special: Optional[Set[Any]] = None
 
 
 class Scope:
@@ -186,6 +187,20 @@ class Scope:
         self._active = {m: b for m, b in rules.items() if not getattr(b.rule, "passive", False)}
         self._owners_all, self._owners_active = _owners(rules), _owners(self._active)
 
+    def _special_now(self, owners: Dict[int, nn.Module]) -> Optional[Set[Any]]:
+        """The functions this forward must look at more closely than detaching their
+        parameter arguments (``None``: all): those with op rules, layer functions while
+        a layer's weight can be used functionally or parameters are substituted, and
+        batch norm while one is fused away."""
+        if self._special is None:
+            return None
+        functions = set(self._special) - _ALWAYS_SPECIAL
+        if owners or self.substitution.params:
+            functions |= _LAYER_FUNCTIONS
+        if self.substitution.identity:
+            functions.add(_BATCH_NORM)
+        return functions
+
     def add_member(self, module: nn.Module) -> None:
         """Make ``module`` (not part of the model) subject to this scope."""
         self.members.add(id(module))
@@ -211,6 +226,7 @@ class Scope:
             everything = bool(self.observers) or (trace is not None and trace.record is not None)
             frame.rules = self._rules if everything else self._active
             frame.owners = self._owners_all if everything else self._owners_active
+            frame.special = self._special_now(frame.owners)
             frame.mode = _ScopeMode(self, frame)
             frame.mode.__enter__()
         frame.stack.append(module)
@@ -439,7 +455,7 @@ class _ScopeMode(TorchFunctionMode):
         # substitution or observer concerns it, no parameter among its arguments) is
         # decided here, without further calls.
         frame, scope = self.frame, self.scope
-        special = scope._special
+        special = frame.special
         if (special is not None and func not in special and not frame.ruled
                 and not frame.suspended and scope.op_observer is None):
             for a in args:
@@ -450,6 +466,10 @@ class _ScopeMode(TorchFunctionMode):
                     return func(*args)
                 if not any(_is_parameter(v) for v in kwargs.values()):
                     return func(*args, **kwargs)
+            # parameters are constants
+            return func(*[a.detach() if _is_parameter(a) else a for a in args],
+                        **{k: v.detach() if _is_parameter(v) else v
+                           for k, v in (kwargs or {}).items()})
         kwargs = kwargs or {}
         if (frame.suspended or func in _TRIVIAL
                 or getattr(func, "__name__", None) == "__get__"):
