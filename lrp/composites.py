@@ -623,7 +623,7 @@ def _transformer(name: str, softmax, product, epsilon: float, gamma: Optional[fl
     if gamma is not None:
         # Transformer layers' outputs are negative as often as positive (they feed residual
         # sums and norms), where plain Gamma's denominator crosses zero.
-        linear_rule: Optional[R.Rule] = R.GeneralizedGamma(gamma, epsilon=max(epsilon, 1e-6))
+        linear_rule: R.Rule = R.GeneralizedGamma(gamma, epsilon=max(epsilon, 1e-6))
     else:
         linear_rule = R.Epsilon(epsilon) if epsilon > 0 else R.Gradient()
     types: List[Tuple[TypeSpec, R.Rule]] = [

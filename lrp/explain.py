@@ -48,10 +48,10 @@ def _finish_forward(output: Tensor, trace: Trace, auditor: Optional[Auditor],
                     attachment: Attachment, audit: str) -> Optional[AuditReport]:
     """After the forward: refuse a composite that applied no rule at all (while it has
     module primitives: they do not fit the model), flag the rectified rule nodes (one
-    walk over the graph, when a rule uses the flag) and, with an ``auditor``, report the operations no rule
-    covers as ``audit`` says."""
+    walk over the graph, when a rule uses the flag) and, with an ``auditor``, report
+    the operations no rule covers as ``audit`` says."""
     composite = attachment.composite
-    passive = any(getattr(r, "passive", False) for r in (attachment.mapping or {}).values())
+    passive = any(r.passive for r in (attachment.mapping or {}).values())
     if not trace.fired and not passive and len(composite.op_maps) < len(composite.primitives):
         raise ValueError(f"{composite.name} assigns no rule to any module or operation of "
                          f"{type(attachment.model).__name__}")

@@ -169,10 +169,10 @@ class Scope:
     @ops.setter
     def ops(self, ops: Any) -> None:
         self._ops = ops
-        # functions that may need more than running as they are (None: any function)
+        # functions op rules may apply to (None: any function)
         functions = getattr(ops, "functions", None)
-        self._special = (None if ops is not None and functions is None
-                         else _ALWAYS_SPECIAL | set(functions or ()))
+        self._op_functions = (None if ops is not None and functions is None
+                              else frozenset(functions or ()))
 
     @property
     def rules(self) -> Dict[nn.Module, Bound]:
@@ -184,7 +184,7 @@ class Scope:
         self._rules = rules
         # Passive rules (the module's own gradient) change nothing unless their
         # relevance is recorded or the calls are observed: forwards skip them then.
-        self._active = {m: b for m, b in rules.items() if not getattr(b.rule, "passive", False)}
+        self._active = {m: b for m, b in rules.items() if not b.rule.passive}
         self._owners_all, self._owners_active = _owners(rules), _owners(self._active)
 
     def _special_now(self, owners: Dict[int, nn.Module]) -> Optional[Set[Any]]:
@@ -192,9 +192,9 @@ class Scope:
         parameter arguments (``None``: all): those with op rules, layer functions while
         a layer's weight can be used functionally or parameters are substituted, and
         batch norm while one is fused away."""
-        if self._special is None:
+        if self._op_functions is None:
             return None
-        functions = set(self._special) - _ALWAYS_SPECIAL
+        functions = set(self._op_functions)
         if owners or self.substitution.params:
             functions |= _LAYER_FUNCTIONS
         if self.substitution.identity:
@@ -280,9 +280,6 @@ class Scope:
 
     # -- operations (from the torch-function mode) ---------------------------------
     def _operation(self, func, args: tuple, kwargs: dict, frame: _Frame):
-        if (self._special is not None and func not in self._special and not frame.ruled
-                and self.op_observer is None and not _has_parameter(args, kwargs)):
-            return func(*args, **kwargs)  # nothing to do: the common case, kept cheap
         module = frame.stack[-1] if frame.stack else None
         if func is _BATCH_NORM and module in self.substitution.identity:
             return args[0]  # fused into the preceding layer: skip the work
@@ -339,18 +336,9 @@ class Scope:
         """Parameters as constants (detached), substituted ones for canonized layers,
         and in-place variants made out-of-place inside ruled modules."""
         subs = self.substitution.params.get(module) if module is not None else None
-        changed = False
-        new_args = list(args)
-        for i, a in enumerate(args):
-            if _is_parameter(a):
-                new_args[i] = a.detach()
-                changed = True
-        new_kwargs = kwargs
-        for k, v in kwargs.items():
-            if _is_parameter(v):
-                if new_kwargs is kwargs:
-                    new_kwargs = dict(kwargs)
-                new_kwargs[k] = v.detach()
+        constant_args, new_kwargs = _constant_arguments(args, kwargs)
+        changed = constant_args is not args
+        new_args = list(constant_args)
         if subs is not None and func in _LAYER_FUNCTIONS and len(new_args) >= 2:
             # the layer's own call: its (possibly absent) bias is the substituted one
             new_args[1] = subs["weight"]
@@ -405,7 +393,6 @@ _LAYER_FUNCTIONS = {
 }
 
 _BATCH_NORM = torch.nn.functional.batch_norm
-_ALWAYS_SPECIAL = frozenset(_LAYER_FUNCTIONS | {_BATCH_NORM})
 
 
 def _is_parameter(a: Any) -> bool:
@@ -414,8 +401,15 @@ def _is_parameter(a: Any) -> bool:
                                        and isinstance(a, nn.Parameter))
 
 
-def _has_parameter(args: tuple, kwargs: dict) -> bool:
-    return any(_is_parameter(a) for a in args) or any(_is_parameter(v) for v in kwargs.values())
+def _constant_arguments(args: tuple, kwargs: Optional[dict]) -> Tuple[tuple, dict]:
+    """``args`` and ``kwargs`` with parameters detached (constants inside the scope);
+    the very same objects when there are none (the common case, checked cheaply)."""
+    kwargs = kwargs or {}
+    if any(type(a) is not Tensor and _is_parameter(a) for a in args):
+        args = tuple(a.detach() if _is_parameter(a) else a for a in args)
+    if any(_is_parameter(v) for v in kwargs.values()):
+        kwargs = {k: v.detach() if _is_parameter(v) else v for k, v in kwargs.items()}
+    return args, kwargs
 
 _INPLACE: Dict[Any, Optional[int]] = {}
 
@@ -452,24 +446,14 @@ class _ScopeMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         # Called for every operation of the model's forward: the common case (no rule,
-        # substitution or observer concerns it, no parameter among its arguments) is
-        # decided here, without further calls.
+        # substitution or observer concerns it; parameters only need detaching) is
+        # decided here.
         frame, scope = self.frame, self.scope
         special = frame.special
         if (special is not None and func not in special and not frame.ruled
                 and not frame.suspended and scope.op_observer is None):
-            for a in args:
-                if type(a) is not Tensor and _is_parameter(a):
-                    break
-            else:
-                if not kwargs:
-                    return func(*args)
-                if not any(_is_parameter(v) for v in kwargs.values()):
-                    return func(*args, **kwargs)
-            # parameters are constants
-            return func(*[a.detach() if _is_parameter(a) else a for a in args],
-                        **{k: v.detach() if _is_parameter(v) else v
-                           for k, v in (kwargs or {}).items()})
+            args, kwargs = _constant_arguments(args, kwargs)
+            return func(*args, **kwargs)
         kwargs = kwargs or {}
         if (frame.suspended or func in _TRIVIAL
                 or getattr(func, "__name__", None) == "__get__"):
