@@ -1,5 +1,6 @@
 """Identities of the ratio engine, attach/detach hygiene, re-entrancy and the audit."""
 import copy
+import math
 import warnings
 
 import pytest
@@ -247,6 +248,28 @@ def test_audit_clean_on_relu_network_and_reports_unused_ruled_module():
     with pytest.warns(UserWarning, match="unused"):
         e = lrp.explain(Net(), torch.randn(1, 4), everywhere(R.Epsilon()))
     assert e.audit.never_fired == ["unused"]
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "inf-inf", "overflow", "finite"])
+def test_check_inputs_is_the_elementwise_check(case):
+    """The sum-first shortcut refuses exactly what the element-wise definition refuses,
+    also when a finite input's sum overflows (float16: 70000 ones)."""
+    from lrp.targets import check_inputs
+    x = torch.ones(2, 35000, dtype=torch.float16)
+    if case == "nan":
+        x[1, 7] = float("nan")
+    elif case == "inf":
+        x[0, 3] = float("inf")
+    elif case == "inf-inf":
+        x[0, 3], x[1, 4] = float("inf"), float("-inf")
+    if case == "overflow":
+        assert not torch.isfinite(x.sum())  # the shortcut's fallback is exercised
+    refused = not all(math.isfinite(v) for v in x.flatten().tolist())
+    if refused:
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            check_inputs(x)
+    else:
+        check_inputs(x)
 
 
 def test_bad_inputs_give_clear_errors():
