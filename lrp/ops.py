@@ -259,27 +259,36 @@ def identity_ratio(fn: Any, args: tuple = (), kwargs: Optional[dict] = None
 
 
 class _RatioGradient(_Gradient):
-    """Gradient of the identity rule from a closed form of the ratio ``f(x) / x``."""
+    """Gradient of the identity rule from a closed form of the ratio ``f(x) / x``.
+
+    ``lazy``: the input is saved and the ratio computed in the backward pass (as
+    autograd's own SiLU and GELU do): no work in the forward, and none at all when no
+    relevance reaches the activation (a gate, constant under CP-LRP).  Otherwise (the
+    input is overwritten, an in-place activation) the ratio is saved."""
 
     vmap_safe = True
 
-    def __init__(self, ratio: Callable[[Tensor], Tensor]):
+    def __init__(self, ratio: Callable[[Tensor], Tensor], lazy: bool = True):
         self.ratio = ratio
+        self.lazy = lazy
 
     def forward(self, z, outputs):
-        return (self.ratio(outputs[0]),)
+        return (outputs[0] if self.lazy else self.ratio(outputs[0]),)
 
     def backward(self, grad, saved, rectified):
-        return [saved[0] * grad]
+        return [(self.ratio(saved[0]) if self.lazy else saved[0]) * grad]
 
 
 def identity_output(x: Tensor, out: Tensor, epsilon: float, recorder=None,
-                    ratio: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+                    ratio: Optional[Callable[[Tensor], Tensor]] = None,
+                    overwritten: bool = False) -> Tensor:
     """``out = f(x)`` (element-wise) with the identity rule ``R_x = R_out`` as its
     gradient: the ratio ``f(x) / x`` is passed back, computed by ``ratio`` (see
-    :func:`identity_ratio`) or as ``out / stab(x)`` with the stabilizer ``epsilon``."""
+    :func:`identity_ratio`; in the backward pass, from the saved ``x``, unless
+    ``overwritten``: ``x`` is overwritten later, an in-place activation) or as
+    ``out / stab(x)`` with the stabilizer ``epsilon``."""
     return rule_output(out, [Term(x)], epsilon, recorder,
-                       None if ratio is None else _RatioGradient(ratio))
+                       None if ratio is None else _RatioGradient(ratio, lazy=not overwritten))
 
 
 class Identity(OpRule):
@@ -294,18 +303,19 @@ class Identity(OpRule):
 
     def apply(self, func, args, kwargs):
         ratio = identity_ratio(func, args, kwargs)
-        return _elementwise(func, args, kwargs, lambda x, out: mark_activation(
-            identity_output(x, out, self.epsilon, ratio=ratio)))
+        return _elementwise(func, args, kwargs, lambda x, out, inplace: mark_activation(
+            identity_output(x, out, self.epsilon, ratio=ratio, overwritten=inplace)))
 
 
 def _elementwise(func: Callable, args: tuple, kwargs: dict,
-                 modify: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """``func(x, ...)`` (out of place), with ``modify(x, out)`` giving the result when
-    ``x`` carries relevance; written back into ``x`` when ``func`` was in place."""
+                 modify: Callable[[Tensor, Tensor, bool], Tensor]) -> Tensor:
+    """``func(x, ...)`` (out of place), with ``modify(x, out, inplace)`` giving the
+    result when ``x`` carries relevance; written back into ``x`` when ``func`` was in
+    place (``inplace``)."""
     x = args[0]
     func, kwargs, inplace = _out_of_place(func, args, kwargs)
     out = func(*args, **kwargs)
-    result = modify(x, out) if carries(x) else out
+    result = modify(x, out, inplace) if carries(x) else out
     return _in_place_result(x, result) if inplace else result
 
 
@@ -473,7 +483,7 @@ class Guided(OpRule):
     where the input is positive."""
 
     def apply(self, func, args, kwargs):
-        return _elementwise(func, args, kwargs, lambda x, out: _GuidedReLU.apply(x, out.detach()))
+        return _elementwise(func, args, kwargs, lambda x, out, _: _GuidedReLU.apply(x, out.detach()))
 
 
 class Attention(OpRule):

@@ -111,6 +111,27 @@ def test_identity_ratio_closed_forms_are_the_division(fn, kwargs):
     assert ratio(torch.zeros(1, dtype=DT)).item() == 0.5  # the limit f'(0), not 0 / eps
 
 
+@pytest.mark.parametrize("overwritten", [False, True])
+def test_identity_ratio_evaluated_in_the_backward_unless_overwritten(overwritten):
+    """The closed-form ratio runs in the backward pass from the saved input (none in
+    the forward, none without a backward); for an overwritten input, in the forward.
+    Either way the gradient is the division f(x) / x times the incoming gradient."""
+    calls = []
+
+    def ratio(t):
+        calls.append(1)
+        return torch.sigmoid(t)
+    x = torch.randn(4, 6, dtype=DT, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    h = x * 1.0
+    out = ops.identity_output(h, F.silu(h), 0.0, ratio=ratio, overwritten=overwritten)
+    assert len(calls) == (1 if overwritten else 0)
+    grad_out = torch.randn(4, 6, dtype=DT, generator=torch.Generator().manual_seed(4))
+    (g,) = torch.autograd.grad(out, x, grad_out)
+    assert len(calls) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(g, F.silu(x) / x * grad_out, rtol=1e-12, atol=1e-15)
+
+
 def test_identity_ratio_only_where_exact():
     """No closed form for the tanh approximation of GELU (given by keyword or position)
     or for activations without one: those divide."""
