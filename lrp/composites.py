@@ -70,17 +70,23 @@ def _type_rules(mapping: TypeRules) -> List[Tuple[TypeSpec, R.Rule]]:
     return items
 
 
-def _matches(module: nn.Module, types: TypeSpec) -> bool:
+_Compiled = Tuple[Tuple[type, ...], Tuple[Callable[[nn.Module], bool], ...]]
+
+
+def _flat(types: TypeSpec) -> _Compiled:
+    """A type spec (class, predicate or nested tuples of them) as its classes (one
+    ``isinstance`` call) and its predicates."""
     if isinstance(types, tuple):
-        return any(_matches(module, t) for t in types)
-    if isinstance(types, type):
-        return isinstance(module, types)
-    return bool(types(module))
+        parts = [_flat(t) for t in types]
+        return (tuple(c for p in parts for c in p[0]), tuple(f for p in parts for f in p[1]))
+    return ((types,), ()) if isinstance(types, type) else ((), (types,))
 
 
-def _match(module: nn.Module, items: List[Tuple[TypeSpec, R.Rule]]) -> Optional[R.Rule]:
-    for types, rule in items:
-        if _matches(module, types):
+def _match(module: nn.Module, compiled: Sequence[Tuple[tuple, tuple, R.Rule]]) -> Optional[R.Rule]:
+    """The rule of the first entry of a type map (as :func:`_flat` gives it) that
+    ``module`` matches."""
+    for classes, predicates, rule in compiled:
+        if isinstance(module, classes) or any(f(module) for f in predicates):
             return rule
     return None
 
@@ -191,18 +197,19 @@ class LastLayerMap(_RuleMap):
 class _TypeMap(Primitive):
     def __init__(self, mapping: TypeRules):
         self.items = _type_rules(mapping)
+        self._compiled = [_flat(types) + (rule,) for types, rule in self.items]
 
     def candidates(self, layers: ModelLayers) -> List[str]:
         raise NotImplementedError
 
     def assign(self, layers, mapping):
         for name in self.candidates(layers):
-            rule = _match(layers.modules[name], self.items)
+            rule = _match(layers.modules[name], self._compiled)
             if rule is not None:
                 mapping[name] = rule
 
     def _matching_order(self, layers):
-        return [n for n in layers.order if _match(layers.modules[n], self.items) is not None]
+        return [n for n in layers.order if _match(layers.modules[n], self._compiled) is not None]
 
 
 class GlobalTypeMap(_TypeMap):
@@ -343,7 +350,8 @@ class Composite:
         return [p for p in self.primitives if isinstance(p, OpMap)]
 
     def resolve(self, model: nn.Module, order: Optional[Sequence[str]] = None,
-                substitution: Optional[Substitution] = None) -> Dict[str, R.Rule]:
+                substitution: Optional[Substitution] = None,
+                modules: Optional[Mapping[str, nn.Module]] = None) -> Dict[str, R.Rule]:
         """The rule of every module that receives one, by module name.
 
         Parameters
@@ -356,6 +364,8 @@ class Composite:
         substitution
             The canonizers' substitution: its virtual modules can receive rules, the
             modules it makes identities or replaces cannot.
+        modules
+            ``dict(model.named_modules())`` if the caller has it already.
         """
         if order is None:
             if self.positional:
@@ -363,7 +373,7 @@ class Composite:
                                  "pass the execution order (or an example input)")
             order = []
         sub = substitution or Substitution()
-        modules = dict(model.named_modules())
+        modules = dict(modules if modules is not None else model.named_modules())
         order = list(order)
         for name, module in sub.virtual.items():
             modules[name] = module
@@ -505,7 +515,8 @@ class Attachment:
         self.mapping: Optional[Dict[str, R.Rule]] = None
         self.order: Optional[List[str]] = None
         self.substitution = Substitution()
-        self.scope = Scope(model)
+        self._modules: Optional[Dict[str, nn.Module]] = dict(model.named_modules())
+        self.scope = Scope(model, members=self._modules.values())
 
     def resolve(self, example_input, allow_registration_order: bool = False,
                 model_kwargs: Optional[dict] = None) -> None:
@@ -525,8 +536,10 @@ class Attachment:
             self.substitution = canonize(self.model, composite.canonizers, example_input,
                                          model_kwargs)
         self.order = order
-        self.mapping = composite.resolve(self.model, order, self.substitution)
-        modules = dict(self.model.named_modules())
+        # the modules found at construction, when resolved right after it (bind)
+        modules, self._modules = self._modules or dict(self.model.named_modules()), None
+        self.mapping = composite.resolve(self.model, order, self.substitution, modules)
+        modules = dict(modules)
         modules.update(self.substitution.virtual)
         scope = self.scope
         scope.substitution = self.substitution

@@ -30,7 +30,8 @@ import contextvars
 import inspect
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set,
+                    Tuple)
 
 import torch
 from torch import Tensor, nn
@@ -132,18 +133,22 @@ class Scope:
         Called after each member module's forward (and its rule), in order.
     op_observer
         Called for every functional operation of a member's forward (used by probes).
+    members
+        The model's modules, if the caller has them already (default:
+        ``model.modules()``).
     """
 
     def __init__(self, model: nn.Module, rules: Optional[Dict[nn.Module, Bound]] = None,
                  substitution: Optional[Substitution] = None, ops: Any = None,
-                 observers: Sequence[Observer] = (), op_observer: Optional[OpObserver] = None):
+                 observers: Sequence[Observer] = (), op_observer: Optional[OpObserver] = None,
+                 members: Optional[Iterable[nn.Module]] = None):
         self.model = model
         self.rules = dict(rules or {})
         self.substitution = substitution or Substitution()
         self.ops = ops
         self.observers: List[Observer] = list(observers)
         self.op_observer = op_observer
-        self.members: Set[int] = {id(m) for m in model.modules()}
+        self.members: Set[int] = {id(m) for m in (model.modules() if members is None else members)}
         self.members.update(id(m) for m in self.substitution.virtual.values())
         self.on_enter: Optional[Callable[[nn.Module, tuple], None]] = None
         self._frame = _Frame()
@@ -401,15 +406,26 @@ def _is_parameter(a: Any) -> bool:
                                        and isinstance(a, nn.Parameter))
 
 
+#: Argument types that are never parameters (checked by type, before anything slower).
+_PLAIN = frozenset({Tensor, int, float, bool, type(None), str, tuple, list, slice,
+                    torch.dtype, torch.Size, torch.device})
+
+
 def _constant_arguments(args: tuple, kwargs: Optional[dict]) -> Tuple[tuple, dict]:
     """``args`` and ``kwargs`` with parameters detached (constants inside the scope);
-    the very same objects when there are none (the common case, checked cheaply)."""
-    kwargs = kwargs or {}
-    if any(type(a) is not Tensor and _is_parameter(a) for a in args):
-        args = tuple(a.detach() if _is_parameter(a) else a for a in args)
-    if any(_is_parameter(v) for v in kwargs.values()):
-        kwargs = {k: v.detach() if _is_parameter(v) else v for k, v in kwargs.items()}
+    the very same objects when there are none (the common case, checked cheaply: this
+    runs for every operation of the forward)."""
+    for a in args:
+        if type(a) not in _PLAIN and _is_parameter(a):
+            args = tuple(b.detach() if _is_parameter(b) else b for b in args)
+            break
+    if not kwargs:
+        return args, {}
+    for v in kwargs.values():
+        if type(v) not in _PLAIN and _is_parameter(v):
+            return args, {k: w.detach() if _is_parameter(w) else w for k, w in kwargs.items()}
     return args, kwargs
+
 
 _INPLACE: Dict[Any, Optional[int]] = {}
 
