@@ -10,6 +10,7 @@ patched, and ``transformers`` is not imported by this module (any model with
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Optional, Sequence, Union
 
@@ -78,10 +79,22 @@ class _Selector:
 
 def _takes(model: nn.Module, name: str) -> bool:
     """Whether ``model.forward`` has a parameter ``name``."""
+    forward = model.forward
+    function = getattr(forward, "__func__", forward)
     try:
-        return name in inspect.signature(model.forward).parameters
+        return name in _parameters(function)
+    except TypeError:  # not hashable: not cached
+        return name in _parameters.__wrapped__(function)
+
+
+@functools.lru_cache(maxsize=256)
+def _parameters(function) -> frozenset:
+    """The parameter names of ``function`` (cached: reading a signature costs more than
+    a small model's forward step)."""
+    try:
+        return frozenset(inspect.signature(function).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()
 
 
 def explain_tokens(model: nn.Module, input_ids: Tensor, composite: Optional[Composite] = None,
@@ -120,7 +133,10 @@ def explain_tokens(model: nn.Module, input_ids: Tensor, composite: Optional[Comp
     model_kwargs
         Further keyword arguments for the model (``use_cache=False`` is passed to
         models that take it, unless given here: an explanation needs no key/value
-        cache).
+        cache).  Causal language models that take ``logits_to_keep`` (Hugging Face's
+        ``...ForCausalLM``) compute the logits of the explained positions only, from
+        the earliest to the end (the others are not explained); ``logits_to_keep=0``
+        here computes them all.
 
     Returns
     -------
@@ -162,8 +178,15 @@ def explain_tokens(model: nn.Module, input_ids: Tensor, composite: Optional[Comp
         kwargs.setdefault("use_cache", False)  # no key/value cache to build and keep
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask.to(embeds.device)
-    selector = _Selector(_positions(position, batch, length, attention_mask, embeds.device),
-                         _per_sample(contrast, batch, embeds.device, "contrast"))
+    positions = _positions(position, batch, length, attention_mask, embeds.device)
+    if _takes(model, "logits_to_keep"):
+        keep = kwargs.setdefault("logits_to_keep", length - int(positions.min()))
+        if keep not in (0, length - int(positions.min())):
+            raise ValueError("explain_tokens keeps the logits of the explained positions "
+                             "itself; pass logits_to_keep=0 (all) or leave it out")
+        if keep:  # logits of the last `keep` positions
+            positions = positions - (length - keep)
+    selector = _Selector(positions, _per_sample(contrast, batch, embeds.device, "contrast"))
     t = _per_sample(target, batch, embeds.device, "target")
     e = explain(model, embeds, composite, t, audit=audit, model_kwargs=kwargs, output=selector)
     e.tokens = e.relevance.sum(-1)

@@ -290,6 +290,45 @@ def test_explain_tokens_builds_no_key_value_cache():
     torch.testing.assert_close(plain.relevance, cached.relevance)
 
 
+def test_explain_tokens_computes_the_explained_logits_only():
+    """A causal LM computes the logits from the earliest explained position on
+    (logits_to_keep), with the same relevance and output as all logits
+    (logits_to_keep=0); other values are refused, and a classifier gets no such
+    argument."""
+    model = build("llama")
+    ids = torch.randint(3, V, (2, 6), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0  # right padding: positions 5 and 3
+    seen = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("logits_to_keep")), with_kwargs=True)
+    try:
+        kept = explain_tokens(model, ids, AttnLRP(), attention_mask=mask)
+        every = explain_tokens(model, ids, AttnLRP(), attention_mask=mask,
+                               model_kwargs={"logits_to_keep": 0})
+        early = explain_tokens(model, ids, CPLRP(), position=1)
+        early_all = explain_tokens(model, ids, CPLRP(), position=1,
+                                   model_kwargs={"logits_to_keep": 0})
+    finally:
+        hook.remove()
+    assert seen == [3, 0, 5, 0]
+    # (the head's matrix product on fewer rows may round differently)
+    torch.testing.assert_close(kept.relevance, every.relevance, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(kept.output, every.output, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(early.relevance, early_all.relevance, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="logits_to_keep=0"):
+        explain_tokens(model, ids, AttnLRP(), model_kwargs={"logits_to_keep": 2})
+    bert = build("bert")
+    seen.clear()
+    hook = bert.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append("logits_to_keep" in kwargs), with_kwargs=True)
+    try:
+        explain_tokens(bert, ids, AttnLRP())
+    finally:
+        hook.remove()
+    assert seen == [False]
+
+
 def test_explain_tokens_errors():
     model = build("bert")
     with pytest.raises(TypeError, match="integer tensor"):
