@@ -59,19 +59,28 @@ def _per_sample(ids: Ids, batch: int, device, name: str) -> Optional[Tensor]:
 
 class _Selector:
     """The explained scores from a sequence model's output: ``(batch, classes)`` at the
-    positions of a language model, minus the contrast's score if given."""
+    positions of a language model, minus the contrast's score if given.  A model asked
+    for the logits of its last ``kept`` positions only may return those or all."""
 
-    def __init__(self, positions: Tensor, contrast: Optional[Tensor]):
+    def __init__(self, positions: Tensor, contrast: Optional[Tensor], length: int, kept: int = 0):
         self.positions = positions
         self.contrast = contrast
+        self.length = length
+        self.kept = kept
 
     def __call__(self, out) -> Tensor:
         logits = select_output(out)
         if not isinstance(logits, Tensor):
             raise ValueError(f"cannot find logits in the model's output ({type(out).__name__})")
         if logits.dim() == 3:  # (batch, tokens, vocab): a language model
+            positions = self.positions
+            if self.kept and logits.shape[1] == self.kept:
+                positions = positions - (self.length - self.kept)
+            elif logits.shape[1] != self.length:
+                raise ValueError(f"the model returned logits for {logits.shape[1]} positions, "
+                                 f"expected {self.length} (or {self.kept}, logits_to_keep)")
             rows = torch.arange(logits.shape[0], device=logits.device)
-            logits = logits[rows, self.positions.to(logits.device)]
+            logits = logits[rows, positions.to(logits.device)]
         if self.contrast is not None:
             logits = logits - logits.gather(1, self.contrast.to(logits.device)[:, None])
         return logits
@@ -179,14 +188,14 @@ def explain_tokens(model: nn.Module, input_ids: Tensor, composite: Optional[Comp
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask.to(embeds.device)
     positions = _positions(position, batch, length, attention_mask, embeds.device)
+    keep = 0
     if _takes(model, "logits_to_keep"):
         keep = kwargs.setdefault("logits_to_keep", length - int(positions.min()))
         if keep not in (0, length - int(positions.min())):
             raise ValueError("explain_tokens keeps the logits of the explained positions "
                              "itself; pass logits_to_keep=0 (all) or leave it out")
-        if keep:  # logits of the last `keep` positions
-            positions = positions - (length - keep)
-    selector = _Selector(positions, _per_sample(contrast, batch, embeds.device, "contrast"))
+    selector = _Selector(positions, _per_sample(contrast, batch, embeds.device, "contrast"),
+                         length, keep)
     t = _per_sample(target, batch, embeds.device, "target")
     e = explain(model, embeds, composite, t, audit=audit, model_kwargs=kwargs, output=selector)
     e.tokens = e.relevance.sum(-1)

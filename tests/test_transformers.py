@@ -318,6 +318,28 @@ def test_explain_tokens_computes_the_explained_logits_only():
     torch.testing.assert_close(early.relevance, early_all.relevance, rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match="logits_to_keep=0"):
         explain_tokens(model, ids, AttnLRP(), model_kwargs={"logits_to_keep": 2})
+
+    class Ignores(nn.Module):
+        """Takes logits_to_keep and returns every position's logits all the same."""
+
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def get_input_embeddings(self):
+            return self.lm.get_input_embeddings()
+
+        def forward(self, inputs_embeds=None, attention_mask=None, logits_to_keep=0):
+            return self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                           use_cache=False)
+    ignored = explain_tokens(Ignores(model), ids, AttnLRP(), attention_mask=mask)
+    torch.testing.assert_close(ignored.relevance, every.relevance, rtol=1e-12, atol=1e-15)
+
+    class Truncates(Ignores):
+        def forward(self, inputs_embeds=None, attention_mask=None, logits_to_keep=0):
+            return super().forward(inputs_embeds, attention_mask).logits[:, :2]
+    with pytest.raises(ValueError, match="logits for 2 positions, expected 6"):
+        explain_tokens(Truncates(model), ids, AttnLRP(), attention_mask=mask)
     bert = build("bert")
     seen.clear()
     hook = bert.register_forward_pre_hook(
