@@ -190,8 +190,9 @@ def explain_tokens(model: nn.Module, input_ids: Tensor, composite: Optional[Comp
     positions = _positions(position, batch, length, attention_mask, embeds.device)
     keep = 0
     if _takes(model, "logits_to_keep"):
-        keep = kwargs.setdefault("logits_to_keep", length - int(positions.min()))
-        if keep not in (0, length - int(positions.min())):
+        needed = length - int(positions.min())  # the earliest explained position to the end
+        keep = kwargs.setdefault("logits_to_keep", needed)
+        if keep not in (0, needed):
             raise ValueError("explain_tokens keeps the logits of the explained positions "
                              "itself; pass logits_to_keep=0 (all) or leave it out")
     selector = _Selector(positions, _per_sample(contrast, batch, embeds.device, "contrast"),
