@@ -515,8 +515,7 @@ class Attachment:
         self.mapping: Optional[Dict[str, R.Rule]] = None
         self.order: Optional[List[str]] = None
         self.substitution = Substitution()
-        self._modules: Optional[Dict[str, nn.Module]] = dict(model.named_modules())
-        self.scope = Scope(model, members=self._modules.values())
+        self.scope = Scope(model)
 
     def resolve(self, example_input, allow_registration_order: bool = False,
                 model_kwargs: Optional[dict] = None) -> None:
@@ -536,8 +535,7 @@ class Attachment:
             self.substitution = canonize(self.model, composite.canonizers, example_input,
                                          model_kwargs)
         self.order = order
-        # the modules found at construction, when resolved right after it (bind)
-        modules, self._modules = self._modules or dict(self.model.named_modules()), None
+        modules = dict(self.model.named_modules())
         self.mapping = composite.resolve(self.model, order, self.substitution, modules)
         modules = dict(modules)
         modules.update(self.substitution.virtual)

@@ -30,8 +30,7 @@ import contextvars
 import inspect
 import threading
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set,
-                    Tuple)
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -133,22 +132,18 @@ class Scope:
         Called after each member module's forward (and its rule), in order.
     op_observer
         Called for every functional operation of a member's forward (used by probes).
-    members
-        The model's modules, if the caller has them already (default:
-        ``model.modules()``).
     """
 
     def __init__(self, model: nn.Module, rules: Optional[Dict[nn.Module, Bound]] = None,
                  substitution: Optional[Substitution] = None, ops: Any = None,
-                 observers: Sequence[Observer] = (), op_observer: Optional[OpObserver] = None,
-                 members: Optional[Iterable[nn.Module]] = None):
+                 observers: Sequence[Observer] = (), op_observer: Optional[OpObserver] = None):
         self.model = model
         self.rules = dict(rules or {})
         self.substitution = substitution or Substitution()
         self.ops = ops
         self.observers: List[Observer] = list(observers)
         self.op_observer = op_observer
-        self.members: Set[int] = {id(m) for m in (model.modules() if members is None else members)}
+        self.members: Set[int] = {id(m) for m in model.modules()}
         self.members.update(id(m) for m in self.substitution.virtual.values())
         self.on_enter: Optional[Callable[[nn.Module, tuple], None]] = None
         self._frame = _Frame()
